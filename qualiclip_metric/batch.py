@@ -1,0 +1,141 @@
+"""Scoring many files: decoding in worker processes, same-size batching, results in input order."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from qualiclip_metric.errors import ImageLoadError
+from qualiclip_metric.functional import score_batch
+from qualiclip_metric.inputs import DEFAULT_MAX_PIXELS, load_image, resize_longer_side
+from qualiclip_metric.model import QualiCLIP
+
+
+@dataclass
+class FileScore:
+    """The outcome for one input file: a score, or the reason it could not be scored."""
+
+    index: int
+    path: str
+    score: float | None = None
+    width: int | None = None
+    height: int | None = None
+    pairs: dict[str, float] | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Decoded:
+    index: int
+    path: str
+    image: Tensor | None = None
+    size: tuple[int, int] | None = None  # original (width, height)
+    error: str | None = None
+
+
+class _ImageFiles(Dataset):
+    """Decodes one file per item; failures become results, not exceptions, so a bad file stops nothing."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], max_size: int | None, max_pixels: int | None):
+        self.paths = [str(p) for p in paths]
+        self.max_size = max_size
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> _Decoded:
+        path = self.paths[index]
+        try:
+            image = load_image(path, max_pixels=self.max_pixels)
+            size = (image.shape[-1], image.shape[-2])
+            return _Decoded(index, path, resize_longer_side(image[None], self.max_size)[0], size)
+        except (ImageLoadError, ValueError, OSError, MemoryError) as err:
+            return _Decoded(index, path, error=str(err) or type(err).__name__)
+
+
+def _keep(item: _Decoded) -> _Decoded:
+    """Identity collation at module level, so workers can be spawned as well as forked."""
+    return item
+
+
+def score_files(
+    paths: Sequence[str | os.PathLike],
+    model: QualiCLIP,
+    *,
+    batch_size: int = 8,
+    workers: int = 0,
+    max_size: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    per_pair: bool = False,
+    buffer_batches: int = 4,
+) -> Iterator[FileScore]:
+    """Yield a :class:`FileScore` for every path, in input order.
+
+    Files are decoded by ``workers`` DataLoader processes (0 decodes in this process). Images of
+    the same size are batched together even when they are not adjacent; at most about
+    ``buffer_batches * batch_size`` decoded images wait in memory for their batch to fill.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be at least 0, got {workers}")
+    loader = DataLoader(
+        _ImageFiles(paths, max_size, max_pixels),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=model.device.type == "cuda",
+        collate_fn=_keep,
+        prefetch_factor=2 * batch_size if workers else None,
+        persistent_workers=False,
+    )
+    done: dict[int, FileScore] = {}
+    buckets: dict[tuple[int, int], list[_Decoded]] = {}
+    buffered = 0
+    next_index = 0
+    limit = max(1, buffer_batches) * batch_size
+
+    def run(key: tuple[int, int]) -> None:
+        nonlocal buffered
+        items = buckets.pop(key)
+        buffered -= len(items)
+        batch = torch.stack([item.image for item in items])
+        try:
+            output = score_batch(model, batch, per_pair=per_pair).float().cpu()
+        except (RuntimeError, ValueError) as err:  # e.g. out of memory for one huge size
+            for item in items:
+                done[item.index] = FileScore(item.index, item.path, width=item.size[0], height=item.size[1], error=str(err))
+            return
+        for item, row in zip(items, output):
+            pairs = dict(zip(model.pair_names, row.tolist())) if per_pair else None
+            score = float(row.mean()) if per_pair else float(row)
+            done[item.index] = FileScore(item.index, item.path, score, item.size[0], item.size[1], pairs)
+
+    for decoded in loader:
+        if decoded.error is not None:
+            done[decoded.index] = FileScore(decoded.index, decoded.path, error=decoded.error)
+        else:
+            key = tuple(decoded.image.shape[-2:])
+            buckets.setdefault(key, []).append(decoded)
+            buffered += 1
+            if len(buckets[key]) >= batch_size:
+                run(key)
+            while buffered > limit:  # flush the bucket holding the oldest waiting image
+                run(min(buckets, key=lambda k: buckets[k][0].index))
+        while next_index in done:
+            yield done.pop(next_index)
+            next_index += 1
+    for key in sorted(buckets, key=lambda k: buckets[k][0].index):
+        run(key)
+        while next_index in done:
+            yield done.pop(next_index)
+            next_index += 1

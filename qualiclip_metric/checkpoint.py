@@ -1,0 +1,226 @@
+"""Checkpoint files on disk: our Hub layout, bare safetensors and the official/pyiqa ``.pth``.
+
+Reading and writing only; where files come from is :mod:`qualiclip_metric.weights`' business.
+
+Our layout is a directory holding ``model.safetensors`` (``visual.*``, ``prompts_features``,
+``logit_scale``), optionally ``text.safetensors`` (the CLIP text tower, for custom prompts) and
+``config.json`` (:class:`~qualiclip_metric.config.QualiCLIPConfig`, including the sha256 of every
+tensor file). The official layout is one ``torch.save`` state dict with ``prompts_features`` and
+``clip_model.<key>`` for every key of CLIP RN50.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from qualiclip_metric.config import QualiCLIPConfig, validate_prompt_pairs
+from qualiclip_metric.errors import CheckpointError
+
+MODEL_FILE = "model.safetensors"
+TEXT_FILE = "text.safetensors"
+CONFIG_FILE = "config.json"
+OFFICIAL_PREFIX = "clip_model."
+IMAGE_KEYS = ("prompts_features", "logit_scale")
+TEXT_PREFIXES = ("transformer.", "token_embedding.", "ln_final.", "positional_embedding", "text_projection")
+#: Non-tensor entries of OpenAI's CLIP state dicts that carry no weights.
+IGNORED_KEYS = frozenset({"input_resolution", "context_length", "vocab_size"})
+OFFICIAL_URL = "https://github.com/miccunifi/QualiCLIP/releases/download/weights/qualiclip.pth"
+
+StateDict = dict[str, Tensor]
+
+
+@dataclass
+class Checkpoint:
+    """Tensors and description of a QualiCLIP checkpoint, independent of the file format."""
+
+    image_state: StateDict
+    text_state: StateDict | None
+    config: QualiCLIPConfig
+    #: Where the tensors were read from, for error messages and ``qualiclip info``.
+    origin: str
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def split_state(state: dict[str, object], origin: str) -> tuple[StateDict, StateDict | None]:
+    """Sort a flat CLIP/QualiCLIP state dict of any known layout into image and text parts."""
+    for wrapper in ("state_dict", "params", "model"):
+        if set(state) == {wrapper} and isinstance(state[wrapper], dict):
+            state = state[wrapper]  # type: ignore[assignment]
+    image: StateDict = {}
+    text: StateDict = {}
+    unknown: list[str] = []
+    for raw_key, value in state.items():
+        key = raw_key.removeprefix("module.").removeprefix(OFFICIAL_PREFIX)
+        if key in IGNORED_KEYS:
+            continue
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{origin}: entry {raw_key!r} is a {type(value).__name__}, not a tensor")
+        if key.startswith("visual.") or key in IMAGE_KEYS:
+            image[key] = value
+        elif key.startswith(TEXT_PREFIXES):
+            text[key] = value
+        else:
+            unknown.append(raw_key)
+    if unknown:
+        shown = ", ".join(sorted(unknown)[:5])
+        raise CheckpointError(f"{origin}: {len(unknown)} unexpected keys that belong to no CLIP RN50 part ({shown})")
+    if not image:
+        hint = " (QualiCLIP+ prompt-learner files hold no image tower)" if any("ctx" in k for k in state) else ""
+        raise CheckpointError(f"{origin}: no image-tower tensors (visual.*) found{hint}")
+    return image, (text or None)
+
+
+def read_torch_file(path: Path) -> dict[str, object]:
+    """Load a ``.pth`` safely: tensors and plain containers only, never arbitrary objects."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err):
+            reason = f"it holds Python objects other than tensors, which are never unpickled ({reason})"
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, found a {type(state).__name__}")
+    return state
+
+
+def read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
+    """Tensors and header metadata of a safetensors file, with errors that name the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from err
+    return tensors, metadata
+
+
+def _config_from_metadata(metadata: dict[str, str], origin: str) -> QualiCLIPConfig:
+    """A bare ``model.safetensors`` carries its config in the header; other files get the defaults."""
+    if "qualiclip_config" not in metadata:
+        return QualiCLIPConfig()
+    try:
+        return QualiCLIPConfig.from_dict(json.loads(metadata["qualiclip_config"]))
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{origin}: invalid config in safetensors metadata: {err}") from err
+
+
+def verify_files(directory: Path, config: QualiCLIPConfig, names: list[str]) -> None:
+    """Compare each file's sha256 with the value recorded in ``config.json``."""
+    for name in names:
+        expected = config.files.get(name)
+        if expected is None:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: records no sha256 for {name}")
+        actual = sha256_file(directory / name)
+        if actual != expected:
+            raise CheckpointError(
+                f"{directory / name}: sha256 mismatch (expected {expected}, got {actual}); "
+                "the file is truncated, corrupt or was modified; delete it and download again"
+            )
+
+
+def read_layout(directory: Path, *, need_text: bool = False, verify: bool = True) -> Checkpoint:
+    """Read a directory in our Hub layout."""
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory}: no {CONFIG_FILE}; not a qualiclip-metric checkpoint directory")
+    config = QualiCLIPConfig.read(config_path)
+    names = [MODEL_FILE] + ([TEXT_FILE] if need_text else [])
+    for name in names:
+        if not (directory / name).is_file():
+            what = "custom prompts need the text tower, and " if name == TEXT_FILE else ""
+            raise CheckpointError(f"{directory}: {what}{name} is missing")
+    if verify:
+        verify_files(directory, config, names)
+    image, _ = read_safetensors(directory / MODEL_FILE)
+    image_state, stray_text = split_state(image, str(directory / MODEL_FILE))
+    text_state = None
+    if need_text:
+        text, _ = read_safetensors(directory / TEXT_FILE)
+        text_state = {**(stray_text or {}), **text}
+    return Checkpoint(image_state, text_state, config, origin=str(directory))
+
+
+def read_checkpoint(path: str | os.PathLike, *, need_text: bool = False, verify: bool = True) -> Checkpoint:
+    """Read any supported local checkpoint: our layout directory, ``.safetensors`` or ``.pth``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return read_layout(path, need_text=need_text, verify=verify)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if path.suffix == ".safetensors":
+        tensors, metadata = read_safetensors(path)
+        config = _config_from_metadata(metadata, str(path))
+        image_state, text_state = split_state(tensors, str(path))
+    else:
+        image_state, text_state = split_state(read_torch_file(path), str(path))
+        config = QualiCLIPConfig()
+    if need_text and text_state is None:
+        raise CheckpointError(f"{path}: custom prompts need the text tower, which this file lacks")
+    return Checkpoint(image_state, text_state, config, origin=str(path))
+
+
+def _save_safetensors(tensors: StateDict, path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+def write_layout(checkpoint: Checkpoint, directory: str | os.PathLike, *, include_text: bool = True) -> Path:
+    """Write our Hub layout atomically (into a temporary sibling, then renamed) and return it."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    files = {}
+    base_config = replace(checkpoint.config, files={})
+    metadata = {"format": base_config.format, "qualiclip_config": base_config.to_json()}
+    _save_safetensors(checkpoint.image_state, staging / MODEL_FILE, metadata)
+    files[MODEL_FILE] = sha256_file(staging / MODEL_FILE)
+    if include_text and checkpoint.text_state:
+        _save_safetensors(checkpoint.text_state, staging / TEXT_FILE, {"format": base_config.format})
+        files[TEXT_FILE] = sha256_file(staging / TEXT_FILE)
+    (staging / CONFIG_FILE).write_text(replace(base_config, files=files).to_json(), encoding="utf-8")
+    try:
+        os.replace(staging, directory)
+    except OSError:
+        if not (directory / CONFIG_FILE).is_file():  # a concurrent writer finished first otherwise
+            raise
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def write_official(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
+    """Write the official ``.pth`` layout (needs the text tower: the official file holds all of CLIP)."""
+    if checkpoint.text_state is None:
+        raise CheckpointError(f"{checkpoint.origin}: the official layout holds the text tower, which is missing")
+    validate_prompt_pairs(checkpoint.config.prompt_pairs)
+    state: dict[str, Tensor] = {"prompts_features": checkpoint.image_state["prompts_features"]}
+    for key, value in {**checkpoint.image_state, **checkpoint.text_state}.items():
+        if key != "prompts_features":
+            state[OFFICIAL_PREFIX + key] = value
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+    return path

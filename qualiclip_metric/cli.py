@@ -1,0 +1,247 @@
+"""The ``qualiclip`` command.
+
+Exit codes: 0 every input was scored; 1 some inputs could not be scored (they are in the output
+with their error); 2 invalid arguments or no input images; 3 the weights could not be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_WEIGHTS = 0, 1, 2, 3
+OUTPUT_FORMATS = (".csv", ".json", ".jsonl")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _weights_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--revision", help="Hub revision (branch, tag or commit) to pin")
+    parser.add_argument("--cache-dir", help="Hugging Face hub cache to use instead of HF_HUB_CACHE")
+    parser.add_argument("--offline", action="store_true", help="use only cached files (like HF_HUB_OFFLINE=1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qualiclip_metric import __version__
+
+    parser = argparse.ArgumentParser(prog="qualiclip", description="QualiCLIP no-reference image quality (higher is better).")
+    parser.add_argument("--version", action="version", version=f"qualiclip-metric {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    score = commands.add_parser("score", help="score image files and folders", description="Score images; results keep the input order.")
+    score.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    score.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+    score.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)")
+    score.add_argument("--workers", type=int, default=2, help="decoding processes; 0 decodes in the main process (default 2)")
+    score.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    score.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute precision (default fp32)")
+    score.add_argument("--max-size", type=_positive_int, help="downscale images whose longer side exceeds this")
+    score.add_argument("--max-pixels", type=_positive_int, help="refuse larger images (default about 89.5 megapixels)")
+    score.add_argument("--weights", metavar="SOURCE", help="hf-hub:ORG/REPO[@REV], a layout folder, .safetensors or .pth")
+    score.add_argument("--temperature", type=float, help="softmax temperature (1 = official; 2 = pyiqa's numbers)")
+    score.add_argument("--prompt-pair", nargs=2, action="append", metavar=("POSITIVE", "NEGATIVE"), help="custom antonym pair (repeatable)")
+    score.add_argument("--per-pair", action="store_true", help="also report the probability of every antonym pair")
+    score.add_argument("--output", "-o", type=Path, help="write results to FILE.csv, .json or .jsonl (default: CSV on stdout)")
+    score.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
+    _weights_arguments(score)
+
+    download = commands.add_parser("download", help="fetch weights into the local cache")
+    download.add_argument("source", nargs="?", help="weights source (default: the project's release)")
+    download.add_argument("--text", action="store_true", help="also fetch the text tower (for custom prompts)")
+    _weights_arguments(download)
+
+    info = commands.add_parser("info", help="version, weights, cache and devices")
+    info.add_argument("--weights", metavar="SOURCE", help="weights source to look up in the cache")
+    _weights_arguments(info)
+    return parser
+
+
+def _pick_device(name: str) -> Any:
+    import torch
+
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class _Writer:
+    """Streams results as CSV or JSON lines, or collects them for one JSON document."""
+
+    def __init__(self, stream: IO[str], fmt: str, columns: list[str]):
+        self.stream, self.format, self.columns = stream, fmt, columns
+        self.rows: list[dict[str, Any]] = []
+        if fmt == ".csv":
+            self.csv = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+            self.csv.writeheader()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.format == ".csv":
+            self.csv.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        elif self.format == ".jsonl":
+            self.stream.write(json.dumps(row) + "\n")
+        else:
+            self.rows.append(row)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.format == ".json":
+            json.dump(self.rows, self.stream, indent=2)
+            self.stream.write("\n")
+
+
+def _rows(results: Iterable[Any], pair_names: list[str]) -> Iterable[dict[str, Any]]:
+    for result in results:
+        row = {"path": result.path, "score": result.score, "width": result.width, "height": result.height}
+        for name in pair_names:
+            row[name] = result.pairs.get(name) if result.pairs else None
+        row["error"] = result.error
+        yield row
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from qualiclip_metric.batch import score_files
+    from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
+    from qualiclip_metric.inputs import DEFAULT_MAX_PIXELS, collect_image_files
+    from qualiclip_metric.model import QualiCLIP
+
+    if args.output is not None and args.output.suffix.lower() not in OUTPUT_FORMATS:
+        print(f"qualiclip: --output must end in {', '.join(OUTPUT_FORMATS)}, got {args.output}", file=sys.stderr)
+        return EXIT_USAGE
+    files = collect_image_files(args.paths, recursive=args.recursive)
+    if not files:
+        print("qualiclip: no image files found in " + ", ".join(args.paths), file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        device = _pick_device(args.device)
+        model = QualiCLIP.from_pretrained(
+            args.weights,
+            revision=args.revision,
+            cache_dir=args.cache_dir,
+            local_files_only=args.offline,
+            prompts=args.prompt_pair,
+            temperature=args.temperature,
+            precision=args.precision,
+            device=device,
+        )
+    except (WeightsNotFoundError, CheckpointError) as err:
+        print(f"qualiclip: cannot load weights:\n{err}", file=sys.stderr)
+        return EXIT_WEIGHTS
+    except (ValueError, RuntimeError) as err:
+        print(f"qualiclip: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+    pair_names = model.pair_names if args.per_pair else []
+    fmt = args.output.suffix.lower() if args.output else ".csv"
+    stream = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    writer = _Writer(stream, fmt, ["path", "score", "width", "height", *pair_names, "error"])
+    results = score_files(
+        files,
+        model,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        max_size=args.max_size,
+        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        per_pair=args.per_pair,
+    )
+    scored, failed, total = 0, [], 0.0
+    start = time.perf_counter()
+    progress = tqdm(total=len(files), unit="img", file=sys.stderr, disable=True if args.quiet else None)
+    try:
+        for row in _rows(results, pair_names):
+            writer.write(row)
+            progress.update()
+            if row["error"] is None:
+                scored += 1
+                total += row["score"]
+            else:
+                failed.append(row)
+        writer.close()
+    finally:
+        progress.close()
+        if args.output:
+            stream.close()
+    elapsed = time.perf_counter() - start
+    if not args.quiet:
+        for row in failed:
+            print(f"qualiclip: failed: {row['error']}", file=sys.stderr)
+        mean = f", mean score {total / scored:.4f}" if scored else ""
+        print(
+            f"qualiclip: scored {scored} of {len(files)} images in {elapsed:.1f} s "
+            f"({scored / max(elapsed, 1e-9):.2f} images/s){mean}; {len(failed)} failed",
+            file=sys.stderr,
+        )
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
+    from qualiclip_metric.weights import load_checkpoint
+
+    try:
+        checkpoint = load_checkpoint(
+            args.source, revision=args.revision, cache_dir=args.cache_dir, local_files_only=args.offline, need_text=args.text
+        )
+    except (WeightsNotFoundError, CheckpointError) as err:
+        print(f"qualiclip: {err}", file=sys.stderr)
+        return EXIT_WEIGHTS
+    print(checkpoint.origin)
+    return EXIT_OK
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from qualiclip_metric import __version__
+    from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
+    from qualiclip_metric.weights import default_hub_repo, hub_cache_dir, is_offline, resolve
+
+    try:  # look in the cache only: `info` never downloads
+        weights = str(resolve(args.weights, revision=args.revision, cache_dir=args.cache_dir, local_files_only=True))
+    except (WeightsNotFoundError, CheckpointError, ValueError) as err:
+        weights = f"not available offline ({str(err).splitlines()[0]})"
+    devices = ["cpu"]
+    devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    lines = {
+        "qualiclip-metric": __version__,
+        "torch": torch.__version__,
+        "default weights": f"hf-hub:{default_hub_repo()}",
+        "resolved weights": weights,
+        "hub cache": str(hub_cache_dir(args.cache_dir)),
+        "offline": str(is_offline() or args.offline),
+        "devices": ", ".join(devices),
+    }
+    width = max(map(len, lines))
+    for key, value in lines.items():
+        print(f"{key:<{width}}  {value}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "workers", 0) < 0:
+        print("qualiclip: --workers must be 0 or more", file=sys.stderr)
+        return EXIT_USAGE
+    return {"score": run_score, "download": run_download, "info": run_info}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Turning tensors, PIL images and files into valid (N, 3, H, W) float batches in [0, 1].
+
+All input validation lives here, so every entry point (model, functional API, CLI) reports the
+same errors for the same mistakes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from qualiclip_metric.errors import ImageLoadError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+#: The RN50 trunk halves the resolution five times; a side below 31 pixels leaves no feature map.
+MIN_IMAGE_SIDE = 31
+#: Default decompression-bomb limit: Pillow's own default (about 89.5 megapixels).
+DEFAULT_MAX_PIXELS = 89_478_485
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm", ".jfif"}
+)
+
+ImageLike = Union[Tensor, "Image.Image", str, os.PathLike]
+
+
+def _describe(images: Tensor) -> str:
+    return f"a {images.dtype} tensor of shape {tuple(images.shape)}"
+
+
+def as_image_batch(images: Tensor, data_range: float = 1.0) -> Tensor:
+    """Validate an image tensor and return it as float (N, 3, H, W) in [0, 1].
+
+    Accepts (N, C, H, W) or (C, H, W) with C = 1 (expanded to RGB) or 3, floating point in
+    [0, data_range] or uint8 in [0, 255]. Gradients flow through the returned tensor.
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"expected a torch.Tensor of images, got {type(images).__name__}")
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    if images.ndim != 4:
+        raise ValueError(f"expected images shaped (N, 3, H, W) or (3, H, W), got {_describe(images)}")
+    n, c, h, w = images.shape
+    if n == 0:
+        raise ValueError(f"expected at least one image, got an empty batch ({_describe(images)})")
+    if c not in (1, 3):
+        raise ValueError(
+            f"expected 1 (grayscale) or 3 (RGB) channels in dimension 1, got {c} ({_describe(images)}); "
+            "drop the alpha channel of RGBA images first"
+        )
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"images must be at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE} pixels for the RN50 network, "
+            f"got {h} x {w} ({_describe(images)})"
+        )
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    elif images.is_floating_point():
+        if not float(data_range) > 0:
+            raise ValueError(f"data_range must be positive, got {data_range}")
+        with torch.no_grad():
+            finite = torch.isfinite(images).all()
+            low, high = torch.aminmax(images)
+        if not finite:
+            raise ValueError(f"images contain NaN or Inf values ({_describe(images)})")
+        tolerance = 1e-6 * data_range
+        if low < -tolerance or high > data_range + tolerance:
+            raise ValueError(
+                f"image values must lie in [0, {data_range:g}], got values in [{low.item():.4g}, {high.item():.4g}] "
+                f"({_describe(images)}); pass data_range= for other scales"
+            )
+        if data_range != 1.0:
+            images = images / data_range
+    else:
+        raise ValueError(f"expected a floating point or uint8 tensor, got {_describe(images)}")
+    if c == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return images
+
+
+def resize_longer_side(images: Tensor, max_size: int | None) -> Tensor:
+    """Downscale (N, C, H, W) so the longer side is at most ``max_size`` (bilinear, antialiased).
+
+    Differentiable. Images already small enough are returned unchanged.
+    """
+    if max_size is None:
+        return images
+    if max_size < MIN_IMAGE_SIDE:
+        raise ValueError(f"max_size must be at least {MIN_IMAGE_SIDE}, got {max_size}")
+    h, w = images.shape[-2:]
+    longer = max(h, w)
+    if longer <= max_size:
+        return images
+    scale = max_size / longer
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if min(size) < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"resizing {h} x {w} to a longer side of {max_size} gives {size[0]} x {size[1]}, "
+            f"below the {MIN_IMAGE_SIDE}-pixel minimum; use a larger max_size"
+        )
+    return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0.0, 1.0)
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Let our own size check decide, instead of Pillow's global warning and error thresholds."""
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max(previous or 0, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _pil_to_tensor(image: Image.Image) -> Tensor:
+    """Convert any common PIL mode to float RGB in [0, 1].
+
+    Alpha channels are discarded (the colour values are scored as stored, as pyiqa and the
+    official demo do). 16-bit and 32-bit integer images are scaled from [0, 65535].
+    """
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        array = np.asarray(image).astype(np.float32)
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise ImageLoadError(f"{mode} image has values outside [0, 65535]")
+        array = np.repeat(array[..., None] / 65535.0, 3, axis=-1)
+    elif mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise ImageLoadError("floating point (mode F) image must hold finite values in [0, 1]")
+        array = np.repeat(array[..., None], 3, axis=-1)
+    else:
+        if mode != "RGB":
+            with warnings.catch_warnings():  # palette transparency is alpha too, and is dropped
+                warnings.simplefilter("ignore", UserWarning)
+                image = image.convert("RGB")  # L, LA, 1, P, PA, RGBA, CMYK, YCbCr, LAB, HSV
+        array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+
+def load_image(source: str | os.PathLike | Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Tensor:
+    """Read a file or PIL image as float RGB (3, H, W) in [0, 1], EXIF orientation applied.
+
+    Raises :class:`ImageLoadError` naming the file for missing, non-image, truncated or corrupt files,
+    and for images over ``max_pixels`` (a decompression-bomb guard; ``None`` disables it).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    name = str(source) if not isinstance(source, Image.Image) else "PIL image"
+    try:
+        with _pixel_limit(max_pixels):
+            if isinstance(source, Image.Image):
+                image = source
+            else:
+                path = Path(source)
+                if not path.is_file():
+                    raise ImageLoadError(f"{name}: no such file" if not path.exists() else f"{name}: not a file")
+                image = Image.open(path)
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageLoadError(
+                    f"{name}: {width} x {height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
+                    "(decompression-bomb guard); raise max_pixels (--max-pixels) if the file is trusted"
+                )
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            tensor = _pil_to_tensor(image)
+    except ImageLoadError as err:
+        if str(err).startswith(name):
+            raise
+        raise ImageLoadError(f"{name}: {err}") from err
+    except UnidentifiedImageError as err:
+        raise ImageLoadError(f"{name}: not a recognised image file") from err
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        reason = str(err) or type(err).__name__
+        if "truncated" in reason:
+            reason = f"truncated file ({reason})"
+        raise ImageLoadError(f"{name}: cannot decode image: {reason}") from err
+    if min(tensor.shape[-2:]) < MIN_IMAGE_SIDE:
+        raise ImageLoadError(
+            f"{name}: {tensor.shape[-1]} x {tensor.shape[-2]} is smaller than the "
+            f"{MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE} minimum of the network"
+        )
+    return tensor
+
+
+def collect_image_files(paths: list[str | os.PathLike], recursive: bool = False) -> list[Path]:
+    """Expand directories to the image files they contain (sorted); files given by name are kept as is."""
+    files: list[Path] = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            pattern = entry.rglob("*") if recursive else entry.iterdir()
+            found = sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files.extend(found)
+        else:
+            files.append(entry)
+    return files

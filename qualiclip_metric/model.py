@@ -1,0 +1,271 @@
+"""The QualiCLIP network: CLIP RN50 image tower, antonym prompt features and the official score."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qualiclip_metric.config import (
+    EMBED_DIM,
+    SCORE_LOGIT_SCALE,
+    PromptPair,
+    QualiCLIPConfig,
+    pair_name,
+    validate_prompt_pairs,
+)
+from qualiclip_metric.errors import CheckpointError
+from qualiclip_metric.inputs import as_image_batch
+
+if TYPE_CHECKING:
+    from qualiclip_metric.checkpoint import Checkpoint
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_image_tower() -> nn.Module:
+    """open_clip's RN50 image tower (ModifiedResNet); identical for RN50 and RN50-quickgelu."""
+    from open_clip.modified_resnet import ModifiedResNet
+
+    return ModifiedResNet(layers=[3, 4, 6, 3], output_dim=EMBED_DIM, heads=32, image_size=224, width=64)
+
+
+def attention_pool(pool: nn.Module, x: Tensor) -> Tensor:
+    """CLIP's attention pooling without the positional embedding, so any H x W works.
+
+    Only the mean token's query is computed: the output is that token alone, and skipping the other
+    queries keeps memory linear in the number of spatial positions.
+    """
+    n, c = x.shape[:2]
+    tokens = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+    mean = tokens.mean(dim=1, keepdim=True)  # (N, 1, C)
+    sequence = torch.cat([mean, tokens], dim=1)  # (N, HW + 1, C)
+    heads = pool.num_heads
+
+    def split_heads(t: Tensor) -> Tensor:
+        return t.unflatten(-1, (heads, c // heads)).transpose(1, 2)  # (N, heads, L, C / heads)
+
+    query = split_heads(pool.q_proj(mean))
+    key = split_heads(pool.k_proj(sequence))
+    value = split_heads(pool.v_proj(sequence))
+    pooled = F.scaled_dot_product_attention(query, key, value)  # (N, heads, 1, C / heads)
+    return pool.c_proj(pooled.transpose(1, 2).reshape(n, c))
+
+
+class QualiCLIP(nn.Module):
+    """No-reference image quality: higher is better, in [0, 1].
+
+    Takes float images in [0, 1] shaped (N, 3, H, W) or (3, H, W) at any resolution (31 pixels a
+    side at least); CLIP normalization happens inside. Build it with :meth:`from_pretrained`.
+    """
+
+    def __init__(
+        self,
+        prompt_pairs: Sequence[PromptPair] | None = None,
+        temperature: float = 1.0,
+        precision: Precision = "fp32",
+        config: QualiCLIPConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config or QualiCLIPConfig()
+        self.visual = build_image_tower()
+        pairs = validate_prompt_pairs(prompt_pairs or self.config.prompt_pairs)
+        self.prompt_pairs: tuple[PromptPair, ...] = pairs
+        # Normalized text features of the prompts, positive then negative for every pair.
+        self.register_buffer("prompts_features", torch.zeros(2 * len(pairs), EMBED_DIM))
+        # CLIP's learned scale, kept for lossless conversions; the official score uses a fixed 100.
+        self.register_buffer("logit_scale", torch.tensor(math.log(SCORE_LOGIT_SCALE)))
+        self.register_buffer("mean", torch.tensor(self.config.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.config.std).view(1, 3, 1, 1), persistent=False)
+        self.temperature = temperature
+        self.precision = precision
+        self.eval()
+        self.requires_grad_(False)
+
+    # -- configuration -------------------------------------------------------------------------
+
+    @property
+    def temperature(self) -> float:
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        if not float(value) > 0:
+            raise ValueError(f"temperature must be positive, got {value}")
+        self._temperature = float(value)
+
+    @property
+    def precision(self) -> Precision:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: Precision) -> None:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {value!r}")
+        self._precision = value
+
+    @property
+    def pair_names(self) -> list[str]:
+        """Names of the antonym pairs, in the column order of :meth:`pair_probabilities`."""
+        return [pair_name(pair) for pair in self.prompt_pairs]
+
+    @property
+    def device(self) -> torch.device:
+        return self.prompts_features.device
+
+    def extra_repr(self) -> str:
+        return f"pairs={len(self.prompt_pairs)}, temperature={self.temperature}, precision={self.precision!r}"
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def _autocast(self, device_type: str) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:  # leave any autocast region the caller opened in force
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device_type, dtype=dtype)
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """L2-normalized, quality-aware 1024-d image embeddings, shape (N, 1024)."""
+        x = as_image_batch(images)
+        x = (x.to(self.mean.dtype) - self.mean) / self.std
+        with self._autocast(x.device.type):
+            x = x.to(self.visual.conv1.weight.dtype) if not torch.is_autocast_enabled(x.device.type) else x
+            x = self.visual.stem(x)
+            x = self.visual.layer4(self.visual.layer3(self.visual.layer2(self.visual.layer1(x))))
+            features = attention_pool(self.visual.attnpool, x)
+        return F.normalize(features.float(), dim=-1)
+
+    def pair_probabilities_from_features(self, features: Tensor) -> Tensor:
+        """(N, P) probability of the positive prompt of every antonym pair, from normalized features."""
+        prompts = self.prompts_features.to(device=features.device, dtype=features.dtype)
+        logits = (SCORE_LOGIT_SCALE / self.temperature) * features @ prompts.T
+        return logits.unflatten(-1, (len(self.prompt_pairs), 2)).softmax(dim=-1)[..., 0]
+
+    def pair_probabilities(self, images: Tensor) -> Tensor:
+        """(N, P) probability of the positive prompt of each pair; columns named by :attr:`pair_names`."""
+        return self.pair_probabilities_from_features(self.image_features(images))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(N,) quality scores in [0, 1]; the mean positive probability over the antonym pairs."""
+        return self.pair_probabilities(images).mean(dim=-1)
+
+    # -- weights -------------------------------------------------------------------------------
+
+    def set_prompts(self, prompt_pairs: Sequence[PromptPair], features: Tensor) -> None:
+        """Replace the antonym pairs and their (2P, 1024) text features (normalized here)."""
+        pairs = validate_prompt_pairs(prompt_pairs)
+        if features.shape != (2 * len(pairs), EMBED_DIM):
+            raise ValueError(
+                f"prompt features for {len(pairs)} pairs must have shape ({2 * len(pairs)}, {EMBED_DIM}), "
+                f"got {tuple(features.shape)}"
+            )
+        self.prompt_pairs = pairs
+        self.prompts_features = F.normalize(features.detach().float(), dim=-1).to(self.device)
+
+    def load_image_state(self, state: Mapping[str, Tensor], origin: str = "state dict") -> None:
+        """Load image tower and prompt features, refusing partial or mis-shaped state."""
+        expected = {key: value.shape for key, value in self.state_dict().items()}
+        expected.pop("prompts_features")  # its length follows the number of prompt pairs
+        optional = {key for key in expected if key.endswith("num_batches_tracked")}
+        missing = sorted(set(expected) - set(state) - optional)
+        unexpected = sorted(set(state) - set(expected) - {"prompts_features"})
+        wrong_shape = [
+            f"{key}: file has {tuple(state[key].shape)}, model expects {tuple(shape)}"
+            for key, shape in expected.items()
+            if key in state and state[key].shape != shape
+        ]
+        prompts = state.get("prompts_features")
+        if prompts is None:
+            missing.append("prompts_features")
+        elif prompts.shape != (2 * len(self.prompt_pairs), EMBED_DIM):
+            wrong_shape.append(
+                f"prompts_features: file has {tuple(prompts.shape)}, {len(self.prompt_pairs)} prompt pairs "
+                f"need ({2 * len(self.prompt_pairs)}, {EMBED_DIM})"
+            )
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing keys ({_preview(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys ({_preview(unexpected)})")
+        if wrong_shape:
+            problems.append(f"{len(wrong_shape)} wrong shapes ({_preview(wrong_shape)})")
+        if problems:
+            raise CheckpointError(f"{origin}: not a QualiCLIP RN50 checkpoint: " + "; ".join(problems))
+        with torch.no_grad():
+            for key, value in self.state_dict().items():
+                if key in state:
+                    value.copy_(state[key])
+        self.prompts_features = self.prompts_features.contiguous()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: Checkpoint,
+        *,
+        prompts: Sequence[PromptPair] | None = None,
+        temperature: float | None = None,
+        precision: Precision = "fp32",
+    ) -> QualiCLIP:
+        """Build the model from tensors already read from disk (see :mod:`qualiclip_metric.checkpoint`)."""
+        config = checkpoint.config
+        with torch.device("meta"):
+            model = cls(config=config, temperature=temperature or config.temperature, precision=precision)
+        model.to_empty(device="cpu")
+        model.mean.copy_(torch.tensor(config.mean).view(1, 3, 1, 1))
+        model.std.copy_(torch.tensor(config.std).view(1, 3, 1, 1))
+        model.load_image_state(checkpoint.image_state, origin=checkpoint.origin)
+        if prompts is not None:
+            from qualiclip_metric.text import encode_prompt_pairs
+
+            if checkpoint.text_state is None:
+                raise CheckpointError(f"{checkpoint.origin}: custom prompts need the text tower, which it lacks")
+            pairs = validate_prompt_pairs(prompts)
+            model.set_prompts(pairs, encode_prompt_pairs(pairs, checkpoint.text_state, origin=checkpoint.origin))
+        return model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path | None = None,
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        prompts: Sequence[PromptPair] | None = None,
+        temperature: float | None = None,
+        precision: Precision = "fp32",
+        device: str | torch.device | None = None,
+        verify: bool = True,
+    ) -> QualiCLIP:
+        """Load QualiCLIP weights.
+
+        ``source`` is ``None`` (the project's Hub release, falling back to pyiqa's mirror),
+        ``"hf-hub:ORG/REPO[@REVISION]"``, a local directory in the Hub layout, a ``.safetensors``
+        file, or an official/pyiqa ``.pth``. ``prompts`` replaces the seven antonym pairs and needs
+        the text tower. ``verify`` checks the sha256 of every file listed in ``config.json``.
+        """
+        from qualiclip_metric.weights import load_checkpoint
+
+        checkpoint = load_checkpoint(
+            source,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            need_text=prompts is not None,
+            verify=verify,
+        )
+        model = cls.from_checkpoint(checkpoint, prompts=prompts, temperature=temperature, precision=precision)
+        model.source = checkpoint.origin
+        return model.to(device) if device is not None else model
+
+
+def _preview(items: list[str], limit: int = 4) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")

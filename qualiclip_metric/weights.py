@@ -1,0 +1,233 @@
+"""Where weights come from: the Hugging Face Hub, pyiqa's mirror, or local files.
+
+The only module that touches the network. It resolves a ``source`` to files in the local cache and
+hands them to :mod:`qualiclip_metric.checkpoint`; models never know where their bytes came from.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from qualiclip_metric._version import __version__
+from qualiclip_metric.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    OFFICIAL_URL,
+    TEXT_FILE,
+    Checkpoint,
+    read_checkpoint,
+    read_layout,
+    sha256_file,
+    write_layout,
+)
+from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
+
+HUB_PREFIX = "hf-hub:"
+#: The project's release on the Hub; ``QUALICLIP_HUB_REPO`` overrides it.
+DEFAULT_HUB_REPO = "qualiclip-metric/qualiclip-rn50"
+HUB_REPO_ENV = "QUALICLIP_HUB_REPO"
+#: pyiqa's mirror of the official weights, used when the project's release is unavailable.
+PYIQA_MIRROR_REPO = "chaofengc/IQA-PyTorch-Weights"
+PYIQA_MIRROR_FILE = "QualiCLIP.pth"
+CONVERTED_DIR = "qualiclip-metric--converted"
+
+
+@dataclass(frozen=True)
+class HubSource:
+    repo_id: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        return f"{HUB_PREFIX}{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
+
+
+def default_hub_repo() -> str:
+    return os.environ.get(HUB_REPO_ENV) or DEFAULT_HUB_REPO
+
+
+def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The Hugging Face hub cache in use (``HF_HUB_CACHE`` unless ``cache_dir`` is given)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def is_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def parse_hub_source(source: str, revision: str | None = None) -> HubSource:
+    """``hf-hub:ORG/REPO[@REVISION]``; a revision in the string and the argument must agree."""
+    spec = source.removeprefix(HUB_PREFIX)
+    repo_id, _, pinned = spec.partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"expected 'hf-hub:ORG/REPO[@REVISION]', got {source!r}")
+    if pinned and revision and pinned != revision:
+        raise ValueError(f"conflicting revisions: {pinned!r} in {source!r} and revision={revision!r}")
+    return HubSource(repo_id, pinned or revision)
+
+
+def _download(repo_id: str, filename: str, revision: str | None, cache_dir: Path, local_files_only: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    return Path(
+        hf_hub_download(
+            repo_id,
+            filename,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            library_name="qualiclip-metric",
+            library_version=__version__,
+        )
+    )
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "these files cannot be had from here", as opposed to "these files are bad"."""
+    from huggingface_hub import errors
+
+    # Network failures surface as LocalEntryNotFoundError (an OSError) when nothing is cached;
+    # HfHubHTTPError covers missing repositories, revisions, files and gated access.
+    return (errors.EntryNotFoundError, errors.OfflineModeIsEnabled, OSError)
+
+
+def fetch_hub_layout(
+    source: HubSource, *, cache_dir: Path, local_files_only: bool, need_text: bool
+) -> Path:
+    """Download (or find in the cache) the files of a Hub release and return their snapshot directory."""
+    config_path = _download(source.repo_id, CONFIG_FILE, source.revision, cache_dir, local_files_only)
+    _download(source.repo_id, MODEL_FILE, source.revision, cache_dir, local_files_only)
+    if need_text:
+        _download(source.repo_id, TEXT_FILE, source.revision, cache_dir, local_files_only)
+    return config_path.parent
+
+
+def _converted_dir(cache_dir: Path, revision: str | None) -> Path:
+    name = f"{PYIQA_MIRROR_REPO.replace('/', '--')}--{PYIQA_MIRROR_FILE}--{revision or 'main'}"
+    return cache_dir / CONVERTED_DIR / name
+
+
+def convert_to_layout(pth: Path, target: Path, provenance: dict[str, object]) -> Path:
+    """Convert an official/pyiqa ``.pth`` into our layout at ``target``, recording where it came from."""
+    checkpoint = read_checkpoint(pth, need_text=False)
+    checkpoint.config = replace(
+        checkpoint.config,
+        provenance={
+            **provenance,
+            "source_sha256": sha256_file(pth),
+            "upstream": OFFICIAL_URL,
+            "converted_by": f"qualiclip-metric {__version__}",
+        },
+    )
+    return write_layout(checkpoint, target)
+
+
+def fetch_pyiqa_mirror(*, cache_dir: Path, revision: str | None, local_files_only: bool) -> Path:
+    """Our layout converted from pyiqa's mirror: reused from the cache, or downloaded and converted once."""
+    target = _converted_dir(cache_dir, revision)
+    if (target / CONFIG_FILE).is_file():
+        return target
+    pth = _download(PYIQA_MIRROR_REPO, PYIQA_MIRROR_FILE, revision, cache_dir, local_files_only)
+    provenance = {
+        "source": f"{HUB_PREFIX}{PYIQA_MIRROR_REPO}/{PYIQA_MIRROR_FILE}",
+        "source_revision": pth.parent.name,  # the snapshot directory is named after the commit
+    }
+    return convert_to_layout(pth, target, provenance)
+
+
+def _not_found(tried: list[tuple[str, BaseException]], offline: bool) -> WeightsNotFoundError:
+    lines = ["QualiCLIP weights could not be found. Sources tried:"]
+    lines += [f"  - {where}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}" for where, err in tried]
+    lines.append("To fix this:")
+    if offline:
+        lines.append("  - unset HF_HUB_OFFLINE / drop local_files_only to allow a download, or")
+    lines += [
+        "  - run `qualiclip download` once on a machine with network access (shares the Hugging Face cache), or",
+        "  - point HF_HUB_CACHE (or cache_dir=) to a cache that holds the weights, or",
+        f"  - pass a local file or directory as the source (e.g. the official qualiclip.pth from {OFFICIAL_URL}).",
+    ]
+    return WeightsNotFoundError("\n".join(lines))
+
+
+def resolve(
+    source: str | os.PathLike | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    need_text: bool = False,
+) -> Path:
+    """Local path (file or layout directory) holding the weights for ``source``, downloading if needed."""
+    if source is not None and not (isinstance(source, str) and source.startswith(HUB_PREFIX)):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise WeightsNotFoundError(f"{path}: no such file or directory (use 'hf-hub:ORG/REPO' for Hub sources)")
+        return path
+    cache = hub_cache_dir(cache_dir)
+    offline = local_files_only or is_offline()
+    unavailable = _unavailable_errors()
+    tried: list[tuple[str, BaseException]] = []
+    if source is not None:
+        hub = parse_hub_source(str(source), revision)
+        try:
+            return fetch_hub_layout(hub, cache_dir=cache, local_files_only=local_files_only, need_text=need_text)
+        except unavailable as err:
+            tried.append((str(hub), err))
+            raise _not_found(tried, offline) from err
+    primary = HubSource(default_hub_repo(), revision)
+    try:
+        return fetch_hub_layout(primary, cache_dir=cache, local_files_only=local_files_only, need_text=need_text)
+    except unavailable as err:
+        tried.append((str(primary), err))
+    if need_text:
+        # The converted mirror keeps only the image tower; custom prompts need the full .pth.
+        mirror_source = f"{HUB_PREFIX}{PYIQA_MIRROR_REPO}/{PYIQA_MIRROR_FILE}"
+        try:
+            return _download(PYIQA_MIRROR_REPO, PYIQA_MIRROR_FILE, revision, cache, local_files_only)
+        except unavailable as err:
+            tried.append((mirror_source, err))
+            raise _not_found(tried, offline) from err
+    try:
+        return fetch_pyiqa_mirror(cache_dir=cache, revision=revision, local_files_only=local_files_only)
+    except unavailable as err:
+        tried.append((f"{HUB_PREFIX}{PYIQA_MIRROR_REPO}/{PYIQA_MIRROR_FILE} (converted once into {cache / CONVERTED_DIR})", err))
+    raise _not_found(tried, offline)
+
+
+def load_checkpoint(
+    source: str | os.PathLike | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    need_text: bool = False,
+    verify: bool = True,
+) -> Checkpoint:
+    """Resolve ``source`` (see :func:`resolve`) and read its tensors."""
+    path = resolve(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, need_text=need_text)
+    if path.is_dir():
+        checkpoint = read_layout(path, need_text=need_text, verify=verify)
+    else:
+        checkpoint = read_checkpoint(path, need_text=need_text, verify=verify)
+    if source is None or str(source).startswith(HUB_PREFIX):
+        checkpoint.origin = f"{source or 'default weights'} ({path})"
+    return checkpoint
+
+
+__all__ = [
+    "DEFAULT_HUB_REPO",
+    "PYIQA_MIRROR_FILE",
+    "PYIQA_MIRROR_REPO",
+    "CheckpointError",
+    "HubSource",
+    "load_checkpoint",
+    "parse_hub_source",
+    "resolve",
+]
