@@ -113,10 +113,12 @@ def score_files(
             output = score_batch(model, batch, per_pair=per_pair).float().cpu()
         except (RuntimeError, ValueError) as err:  # e.g. out of memory for one huge size
             for item in items:
-                done[item.index] = FileScore(item.index, item.path, width=item.size[0], height=item.size[1], error=str(err))
+                done[item.index] = FileScore(
+                    item.index, item.path, width=item.size[0], height=item.size[1], error=str(err)
+                )
             return
-        for item, row in zip(items, output):
-            pairs = dict(zip(model.pair_names, row.tolist())) if per_pair else None
+        for item, row in zip(items, output, strict=True):
+            pairs = dict(zip(model.pair_names, row.tolist(), strict=True)) if per_pair else None
             score = float(row.mean()) if per_pair else float(row)
             done[item.index] = FileScore(item.index, item.path, score, item.size[0], item.size[1], pairs)
 

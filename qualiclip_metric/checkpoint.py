@@ -77,12 +77,16 @@ def split_state(state: dict[str, object], origin: str) -> tuple[StateDict, State
             text[key] = value
         else:
             unknown.append(raw_key)
+    if not image:
+        hint = (
+            " (QualiCLIP+ prompt-learner files hold no image tower)"
+            if any("prompt_learner" in k for k in state)
+            else ""
+        )
+        raise CheckpointError(f"{origin}: no image-tower tensors (visual.*) found{hint}")
     if unknown:
         shown = ", ".join(sorted(unknown)[:5])
         raise CheckpointError(f"{origin}: {len(unknown)} unexpected keys that belong to no CLIP RN50 part ({shown})")
-    if not image:
-        hint = " (QualiCLIP+ prompt-learner files hold no image tower)" if any("ctx" in k for k in state) else ""
-        raise CheckpointError(f"{origin}: no image-tower tensors (visual.*) found{hint}")
     return image, (text or None)
 
 

@@ -35,24 +35,42 @@ def _weights_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from qualiclip_metric import __version__
 
-    parser = argparse.ArgumentParser(prog="qualiclip", description="QualiCLIP no-reference image quality (higher is better).")
+    parser = argparse.ArgumentParser(
+        prog="qualiclip", description="QualiCLIP no-reference image quality (higher is better)."
+    )
     parser.add_argument("--version", action="version", version=f"qualiclip-metric {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    score = commands.add_parser("score", help="score image files and folders", description="Score images; results keep the input order.")
+    score = commands.add_parser(
+        "score", help="score image files and folders", description="Score images; results keep the input order."
+    )
     score.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     score.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
     score.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)")
-    score.add_argument("--workers", type=int, default=2, help="decoding processes; 0 decodes in the main process (default 2)")
+    score.add_argument(
+        "--workers", type=int, default=2, help="decoding processes; 0 decodes in the main process (default 2)"
+    )
     score.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    score.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute precision (default fp32)")
+    score.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute precision (default fp32)"
+    )
     score.add_argument("--max-size", type=_positive_int, help="downscale images whose longer side exceeds this")
     score.add_argument("--max-pixels", type=_positive_int, help="refuse larger images (default about 89.5 megapixels)")
-    score.add_argument("--weights", metavar="SOURCE", help="hf-hub:ORG/REPO[@REV], a layout folder, .safetensors or .pth")
+    score.add_argument(
+        "--weights", metavar="SOURCE", help="hf-hub:ORG/REPO[@REV], a layout folder, .safetensors or .pth"
+    )
     score.add_argument("--temperature", type=float, help="softmax temperature (1 = official; 2 = pyiqa's numbers)")
-    score.add_argument("--prompt-pair", nargs=2, action="append", metavar=("POSITIVE", "NEGATIVE"), help="custom antonym pair (repeatable)")
+    score.add_argument(
+        "--prompt-pair",
+        nargs=2,
+        action="append",
+        metavar=("POSITIVE", "NEGATIVE"),
+        help="custom antonym pair (repeatable)",
+    )
     score.add_argument("--per-pair", action="store_true", help="also report the probability of every antonym pair")
-    score.add_argument("--output", "-o", type=Path, help="write results to FILE.csv, .json or .jsonl (default: CSV on stdout)")
+    score.add_argument(
+        "--output", "-o", type=Path, help="write results to FILE.csv, .json or .jsonl (default: CSV on stdout)"
+    )
     score.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
     _weights_arguments(score)
 
@@ -196,7 +214,11 @@ def run_download(args: argparse.Namespace) -> int:
 
     try:
         checkpoint = load_checkpoint(
-            args.source, revision=args.revision, cache_dir=args.cache_dir, local_files_only=args.offline, need_text=args.text
+            args.source,
+            revision=args.revision,
+            cache_dir=args.cache_dir,
+            local_files_only=args.offline,
+            need_text=args.text,
         )
     except (WeightsNotFoundError, CheckpointError) as err:
         print(f"qualiclip: {err}", file=sys.stderr)

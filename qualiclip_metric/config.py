@@ -47,9 +47,7 @@ def validate_prompt_pairs(pairs: Any) -> tuple[PromptPair, ...]:
             or len(item) != 2
             or not all(isinstance(text, str) and text.strip() for text in item)
         ):
-            raise ValueError(
-                f"each prompt pair must be two non-empty strings (positive, negative), got {item!r}"
-            )
+            raise ValueError(f"each prompt pair must be two non-empty strings (positive, negative), got {item!r}")
         result.append((item[0], item[1]))
     if not result:
         raise ValueError("prompts must contain at least one (positive, negative) pair")

@@ -67,7 +67,9 @@ def qualiclip_score(
     if not items:
         raise ValueError("expected at least one image, got an empty sequence")
     tensors = [
-        resize_longer_side(as_image_batch(item, data_range) if isinstance(item, Tensor) else load_image(item)[None], max_size)
+        resize_longer_side(
+            as_image_batch(item, data_range) if isinstance(item, Tensor) else load_image(item)[None], max_size
+        )
         for item in items
     ]
     model = model or default_model("cpu")

@@ -112,12 +112,15 @@ def resize_longer_side(images: Tensor, max_size: int | None) -> Tensor:
 
 
 @contextlib.contextmanager
-def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
-    """Let our own size check decide, instead of Pillow's global warning and error thresholds."""
+def _own_pixel_limit() -> Iterator[None]:
+    """Switch off Pillow's global bomb check while opening: ``load_image`` checks the header itself.
+
+    Only the header is read inside; our check runs before any pixel is decoded.
+    """
     from PIL import Image
 
     previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max(previous or 0, max_pixels)
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -162,7 +165,7 @@ def load_image(source: str | os.PathLike | Image.Image, max_pixels: int | None =
 
     name = str(source) if not isinstance(source, Image.Image) else "PIL image"
     try:
-        with _pixel_limit(max_pixels):
+        with _own_pixel_limit():
             if isinstance(source, Image.Image):
                 image = source
             else:
@@ -187,7 +190,7 @@ def load_image(source: str | os.PathLike | Image.Image, max_pixels: int | None =
         raise ImageLoadError(f"{name}: not a recognised image file") from err
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         reason = str(err) or type(err).__name__
-        if "truncated" in reason:
+        if "truncated" in reason.lower():
             reason = f"truncated file ({reason})"
         raise ImageLoadError(f"{name}: cannot decode image: {reason}") from err
     if min(tensor.shape[-2:]) < MIN_IMAGE_SIDE:

@@ -36,9 +36,7 @@ def encode_prompt_pairs(
     missing = sorted(set(expected) - set(text_state))
     wrong = [k for k in expected if k in text_state and text_state[k].shape != expected[k]]
     if missing or wrong:
-        raise CheckpointError(
-            f"{origin}: incomplete text tower: missing {missing[:4]}, wrong shapes {wrong[:4]}"
-        )
+        raise CheckpointError(f"{origin}: incomplete text tower: missing {missing[:4]}, wrong shapes {wrong[:4]}")
     clip.load_state_dict({k: text_state[k] for k in expected}, strict=False)
     clip.eval()
     tokenizer = open_clip.get_tokenizer(ARCHITECTURE)

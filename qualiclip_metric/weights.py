@@ -18,11 +18,10 @@ from qualiclip_metric.checkpoint import (
     TEXT_FILE,
     Checkpoint,
     read_checkpoint,
-    read_layout,
     sha256_file,
     write_layout,
 )
-from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
+from qualiclip_metric.errors import WeightsNotFoundError
 
 HUB_PREFIX = "hf-hub:"
 #: The project's release on the Hub; ``QUALICLIP_HUB_REPO`` overrides it.
@@ -73,34 +72,37 @@ def parse_hub_source(source: str, revision: str | None = None) -> HubSource:
     return HubSource(repo_id, pinned or revision)
 
 
+class _Unavailable(Exception):
+    """A file that cannot be had from here (not cached, offline, no such repo/revision/file)."""
+
+    def __init__(self, where: str, cause: BaseException):
+        super().__init__(where)
+        self.where, self.cause = where, cause
+
+
 def _download(repo_id: str, filename: str, revision: str | None, cache_dir: Path, local_files_only: bool) -> Path:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import errors, hf_hub_download
 
-    return Path(
-        hf_hub_download(
-            repo_id,
-            filename,
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            library_name="qualiclip-metric",
-            library_version=__version__,
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                library_name="qualiclip-metric",
+                library_version=__version__,
+            )
         )
-    )
+    except (errors.EntryNotFoundError, errors.OfflineModeIsEnabled, OSError) as err:
+        # Network failures surface as LocalEntryNotFoundError (an OSError) when nothing is cached;
+        # HfHubHTTPError (also an OSError) covers missing repositories, revisions, files and gated access.
+        where = f"{HUB_PREFIX}{repo_id}" + (f"@{revision}" if revision else "") + f" ({filename})"
+        raise _Unavailable(where, err) from err
 
 
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean "these files cannot be had from here", as opposed to "these files are bad"."""
-    from huggingface_hub import errors
-
-    # Network failures surface as LocalEntryNotFoundError (an OSError) when nothing is cached;
-    # HfHubHTTPError covers missing repositories, revisions, files and gated access.
-    return (errors.EntryNotFoundError, errors.OfflineModeIsEnabled, OSError)
-
-
-def fetch_hub_layout(
-    source: HubSource, *, cache_dir: Path, local_files_only: bool, need_text: bool
-) -> Path:
+def fetch_hub_layout(source: HubSource, *, cache_dir: Path, local_files_only: bool, need_text: bool) -> Path:
     """Download (or find in the cache) the files of a Hub release and return their snapshot directory."""
     config_path = _download(source.repo_id, CONFIG_FILE, source.revision, cache_dir, local_files_only)
     _download(source.repo_id, MODEL_FILE, source.revision, cache_dir, local_files_only)
@@ -142,9 +144,11 @@ def fetch_pyiqa_mirror(*, cache_dir: Path, revision: str | None, local_files_onl
     return convert_to_layout(pth, target, provenance)
 
 
-def _not_found(tried: list[tuple[str, BaseException]], offline: bool) -> WeightsNotFoundError:
+def _not_found(tried: list[_Unavailable], offline: bool) -> WeightsNotFoundError:
     lines = ["QualiCLIP weights could not be found. Sources tried:"]
-    lines += [f"  - {where}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}" for where, err in tried]
+    for attempt in tried:
+        reason = str(attempt.cause).strip().splitlines()[0] if str(attempt.cause).strip() else ""
+        lines.append(f"  - {attempt.where}: {type(attempt.cause).__name__}: {reason}")
     lines.append("To fix this:")
     if offline:
         lines.append("  - unset HF_HUB_OFFLINE / drop local_files_only to allow a download, or")
@@ -164,41 +168,32 @@ def resolve(
     local_files_only: bool = False,
     need_text: bool = False,
 ) -> Path:
-    """Local path (file or layout directory) holding the weights for ``source``, downloading if needed."""
+    """Local path (file or layout directory) holding the weights for ``source``, downloading if needed.
+
+    ``None`` tries the project's release, then a converted copy of pyiqa's mirror in the cache, then
+    downloads and converts that mirror once. Custom prompts (``need_text``) use the mirror's ``.pth``
+    as is, since only it holds the text tower.
+    """
     if source is not None and not (isinstance(source, str) and source.startswith(HUB_PREFIX)):
         path = Path(source).expanduser()
         if not path.exists():
             raise WeightsNotFoundError(f"{path}: no such file or directory (use 'hf-hub:ORG/REPO' for Hub sources)")
         return path
     cache = hub_cache_dir(cache_dir)
-    offline = local_files_only or is_offline()
-    unavailable = _unavailable_errors()
-    tried: list[tuple[str, BaseException]] = []
-    if source is not None:
-        hub = parse_hub_source(str(source), revision)
-        try:
-            return fetch_hub_layout(hub, cache_dir=cache, local_files_only=local_files_only, need_text=need_text)
-        except unavailable as err:
-            tried.append((str(hub), err))
-            raise _not_found(tried, offline) from err
-    primary = HubSource(default_hub_repo(), revision)
+    hub = parse_hub_source(str(source), revision) if source is not None else HubSource(default_hub_repo(), revision)
+    tried: list[_Unavailable] = []
     try:
-        return fetch_hub_layout(primary, cache_dir=cache, local_files_only=local_files_only, need_text=need_text)
-    except unavailable as err:
-        tried.append((str(primary), err))
-    if need_text:
-        # The converted mirror keeps only the image tower; custom prompts need the full .pth.
-        mirror_source = f"{HUB_PREFIX}{PYIQA_MIRROR_REPO}/{PYIQA_MIRROR_FILE}"
+        return fetch_hub_layout(hub, cache_dir=cache, local_files_only=local_files_only, need_text=need_text)
+    except _Unavailable as err:
+        tried.append(err)
+    if source is None:
         try:
-            return _download(PYIQA_MIRROR_REPO, PYIQA_MIRROR_FILE, revision, cache, local_files_only)
-        except unavailable as err:
-            tried.append((mirror_source, err))
-            raise _not_found(tried, offline) from err
-    try:
-        return fetch_pyiqa_mirror(cache_dir=cache, revision=revision, local_files_only=local_files_only)
-    except unavailable as err:
-        tried.append((f"{HUB_PREFIX}{PYIQA_MIRROR_REPO}/{PYIQA_MIRROR_FILE} (converted once into {cache / CONVERTED_DIR})", err))
-    raise _not_found(tried, offline)
+            if need_text:
+                return _download(PYIQA_MIRROR_REPO, PYIQA_MIRROR_FILE, revision, cache, local_files_only)
+            return fetch_pyiqa_mirror(cache_dir=cache, revision=revision, local_files_only=local_files_only)
+        except _Unavailable as err:
+            tried.append(err)
+    raise _not_found(tried, local_files_only or is_offline())
 
 
 def load_checkpoint(
@@ -211,23 +206,10 @@ def load_checkpoint(
     verify: bool = True,
 ) -> Checkpoint:
     """Resolve ``source`` (see :func:`resolve`) and read its tensors."""
-    path = resolve(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, need_text=need_text)
-    if path.is_dir():
-        checkpoint = read_layout(path, need_text=need_text, verify=verify)
-    else:
-        checkpoint = read_checkpoint(path, need_text=need_text, verify=verify)
+    path = resolve(
+        source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, need_text=need_text
+    )
+    checkpoint = read_checkpoint(path, need_text=need_text, verify=verify)
     if source is None or str(source).startswith(HUB_PREFIX):
         checkpoint.origin = f"{source or 'default weights'} ({path})"
     return checkpoint
-
-
-__all__ = [
-    "DEFAULT_HUB_REPO",
-    "PYIQA_MIRROR_FILE",
-    "PYIQA_MIRROR_REPO",
-    "CheckpointError",
-    "HubSource",
-    "load_checkpoint",
-    "parse_hub_source",
-    "resolve",
-]

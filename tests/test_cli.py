@@ -1,0 +1,123 @@
+"""The ``qualiclip`` console script, run as a subprocess with the network off."""
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hubcache import prefill
+from images import write_odd_images
+
+from qualiclip_metric import load_image
+from qualiclip_metric.checkpoint import read_checkpoint, write_layout
+
+REPO = "someone/qualiclip-cli"
+GOOD = ["cmyk.jpg", "deep16.png", "gray.png", "gray_alpha.png", "palette.png", "photo.jpg", "rgb.png", "rgba.png"]
+GOOD += ["rotated.jpg"]
+BAD = ["not_an_image.png", "truncated.jpg"]
+
+
+def qualiclip_command() -> list[str]:
+    script = Path(sys.executable).with_name("qualiclip")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "qualiclip_metric"]
+
+
+def run(args, env_extra=None, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([*qualiclip_command(), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "images"
+    write_odd_images(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hub_cache(official_pth, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-hub")
+    layout = write_layout(read_checkpoint(official_pth), root / "layout")
+    cache = root / "cache"
+    files = {name: layout / name for name in ("config.json", "model.safetensors", "text.safetensors")}
+    prefill(cache, REPO, files, "a" * 40, refs=("main", "v1"))
+    return cache
+
+
+def test_score_folder_with_good_corrupt_and_odd_images(folder, official_pth, model, tmp_path):
+    output = tmp_path / "scores.jsonl"
+    result = run(
+        ["score", folder, "--weights", official_pth, "--output", output, "--workers", "2", "--batch-size", "3"]
+    )
+    assert result.returncode == 1, result.stderr  # some inputs failed
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [Path(r["path"]).name for r in rows] == sorted(GOOD + BAD)
+    by_name = {Path(r["path"]).name: r for r in rows}
+    for name in GOOD:
+        assert by_name[name]["error"] is None and 0 < by_name[name]["score"] < 1
+    assert "not a recognised image file" in by_name["not_an_image.png"]["error"]
+    assert "truncated" in by_name["truncated.jpg"]["error"]
+    with torch.no_grad():
+        expected = model(load_image(folder / "rgb.png")[None]).item()
+    assert abs(by_name["rgb.png"]["score"] - expected) < 1e-5
+    assert (by_name["rotated.jpg"]["width"], by_name["rotated.jpg"]["height"]) == (48, 64)
+    assert "scored 9 of 11 images" in result.stderr and "2 failed" in result.stderr
+    assert "truncated.jpg" in result.stderr
+
+
+def test_csv_to_stdout_and_json_with_pairs(folder, official_pth, tmp_path):
+    good = tmp_path / "good"
+    good.mkdir()
+    for name in ("rgb.png", "photo.jpg"):
+        shutil.copy(folder / name, good / name)
+    result = run(["score", good, "--weights", official_pth, "--workers", "0", "--per-pair", "--quiet"])
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [Path(r["path"]).name for r in rows] == ["photo.jpg", "rgb.png"]
+    assert "Good photo./Bad photo." in rows[0] and rows[0]["error"] == ""
+    assert result.stderr == ""
+    output = tmp_path / "scores.json"
+    assert run(["score", good, "--weights", official_pth, "--output", output, "--per-pair"]).returncode == 0
+    document = json.loads(output.read_text())
+    assert len(document) == 2 and len([k for k in document[0] if "/" in k and k != "path"]) == 7
+    assert abs(float(rows[1]["score"]) - document[1]["score"]) < 1e-7
+
+
+def test_default_weights_from_an_offline_hub_cache(folder, hub_cache):
+    env = {"HF_HUB_CACHE": str(hub_cache), "QUALICLIP_HUB_REPO": REPO}
+    result = run(["score", folder / "rgb.png", "--quiet"], env)
+    assert result.returncode == 0, result.stderr
+    pinned = run(["score", folder / "rgb.png", "--quiet", "--weights", f"hf-hub:{REPO}@v1"], env)
+    assert pinned.returncode == 0 and pinned.stdout == result.stdout
+    info = run(["info"], env)
+    assert info.returncode == 0 and str(hub_cache) in info.stdout and "offline" in info.stdout
+    assert "models--someone--qualiclip-cli" in info.stdout
+    download = run(["download", f"hf-hub:{REPO}", "--text"], env)
+    assert download.returncode == 0 and f"hf-hub:{REPO}" in download.stdout
+
+
+def test_missing_weights_exit_code_and_message(folder, tmp_path):
+    env = {"HF_HUB_CACHE": str(tmp_path / "empty"), "QUALICLIP_HUB_REPO": REPO}
+    result = run(["score", folder / "rgb.png"], env)
+    assert result.returncode == 3
+    assert (
+        "Sources tried" in result.stderr
+        and "IQA-PyTorch-Weights" in result.stderr
+        and "HF_HUB_OFFLINE" in result.stderr
+    )
+
+
+def test_usage_errors(folder, official_pth, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run(["score", empty, "--weights", official_pth]).returncode == 2
+    bad_output = run(["score", folder, "--weights", official_pth, "--output", tmp_path / "x.xlsx"])
+    assert bad_output.returncode == 2 and "--output" in bad_output.stderr
+    assert run(["score", folder, "--batch-size", "0"]).returncode == 2
+    assert run([]).returncode == 2

@@ -1,0 +1,123 @@
+"""The Hub code path against a pre-filled Hugging Face cache, with the network off."""
+
+import pytest
+import torch
+from conftest import make_images
+from hubcache import prefill
+
+from qualiclip_metric import CheckpointError, QualiCLIP, WeightsNotFoundError
+from qualiclip_metric.checkpoint import read_checkpoint, write_layout
+from qualiclip_metric.weights import CONVERTED_DIR, PYIQA_MIRROR_FILE, PYIQA_MIRROR_REPO, parse_hub_source
+
+REPO = "someone/qualiclip-test"
+COMMIT_V1 = "1" * 40
+COMMIT_V2 = "2" * 40
+
+
+@pytest.fixture(scope="module")
+def layout(official_pth, tmp_path_factory):
+    return write_layout(read_checkpoint(official_pth), tmp_path_factory.mktemp("hub-layout") / "release")
+
+
+@pytest.fixture(scope="module")
+def images():
+    return make_images(2, 64, 96, seed=31)
+
+
+@pytest.fixture(scope="module")
+def expected(official_pth, images):
+    with torch.no_grad():
+        return QualiCLIP.from_pretrained(official_pth)(images)
+
+
+def layout_files(layout, text=True):
+    names = ["config.json", "model.safetensors"] + (["text.safetensors"] if text else [])
+    return {name: layout / name for name in names}
+
+
+def score(images, **kwargs):
+    with torch.no_grad():
+        return QualiCLIP.from_pretrained(local_files_only=True, **kwargs)(images)
+
+
+def test_parse_hub_source():
+    assert parse_hub_source("hf-hub:a/b@v1").revision == "v1"
+    assert parse_hub_source("hf-hub:a/b", "main").revision == "main"
+    with pytest.raises(ValueError, match="conflicting revisions"):
+        parse_hub_source("hf-hub:a/b@v1", "v2")
+    with pytest.raises(ValueError, match="ORG/REPO"):
+        parse_hub_source("hf-hub:noslash")
+
+
+def test_hub_source_from_cache(layout, tmp_path, images, expected):
+    prefill(tmp_path, REPO, layout_files(layout), COMMIT_V1)
+    assert torch.equal(score(images, source=f"hf-hub:{REPO}", cache_dir=tmp_path), expected)
+
+
+def test_pinned_revisions(layout, tmp_path, images, expected, official_pth):
+    prefill(tmp_path, REPO, layout_files(layout), COMMIT_V1, refs=("v1",))
+    # v2 holds other weights: a model whose image tower differs in one BatchNorm layer.
+    other = read_checkpoint(official_pth)
+    other.image_state = dict(other.image_state)
+    other.image_state["visual.bn1.bias"] = other.image_state["visual.bn1.bias"] + 0.5
+    other_layout = write_layout(other, tmp_path.parent / f"{tmp_path.name}-v2")
+    prefill(tmp_path, REPO, layout_files(other_layout), COMMIT_V2, refs=("main",))
+    by_tag = score(images, source=f"hf-hub:{REPO}@v1", cache_dir=tmp_path)
+    by_commit = score(images, source=f"hf-hub:{REPO}", revision=COMMIT_V1, cache_dir=tmp_path)
+    latest = score(images, source=f"hf-hub:{REPO}", cache_dir=tmp_path)
+    assert torch.equal(by_tag, expected) and torch.equal(by_commit, expected)
+    assert not torch.equal(latest, expected)
+
+
+def test_tampered_cache_file_is_rejected(layout, tmp_path):
+    snapshot = prefill(tmp_path, REPO, layout_files(layout), COMMIT_V1)
+    blob = (snapshot / "model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 1
+    blob.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        QualiCLIP.from_pretrained(f"hf-hub:{REPO}", cache_dir=tmp_path, local_files_only=True)
+
+
+def test_custom_prompts_fetch_the_text_tower(layout, tmp_path):
+    prefill(tmp_path, REPO, layout_files(layout, text=False), COMMIT_V1)
+    with pytest.raises(WeightsNotFoundError, match=r"someone/qualiclip-test \(text\.safetensors\)"):
+        QualiCLIP.from_pretrained(f"hf-hub:{REPO}", cache_dir=tmp_path, local_files_only=True, prompts=[("a", "b")])
+    prefill(tmp_path, REPO, layout_files(layout), COMMIT_V1)
+    model = QualiCLIP.from_pretrained(f"hf-hub:{REPO}", cache_dir=tmp_path, local_files_only=True, prompts=[("a", "b")])
+    assert model.pair_names == ["a/b"]
+
+
+def test_default_source_is_the_project_repo(layout, tmp_path, images, expected, monkeypatch):
+    monkeypatch.setenv("QUALICLIP_HUB_REPO", REPO)
+    prefill(tmp_path, REPO, layout_files(layout), COMMIT_V1)
+    assert torch.equal(score(images, cache_dir=tmp_path), expected)
+
+
+def test_fallback_converts_the_pyiqa_mirror_once(official_pth, tmp_path, images, expected, monkeypatch):
+    monkeypatch.setenv("QUALICLIP_HUB_REPO", REPO)  # not in the cache: unavailable
+    snapshot = prefill(tmp_path, PYIQA_MIRROR_REPO, {PYIQA_MIRROR_FILE: official_pth}, COMMIT_V1)
+    assert torch.equal(score(images, cache_dir=tmp_path), expected)
+    converted = next((tmp_path / CONVERTED_DIR).iterdir())
+    config = (converted / "config.json").read_text()
+    assert COMMIT_V1 in config and "source_sha256" in config and "IQA-PyTorch-Weights" in config
+    stamp = (converted / "model.safetensors").stat().st_mtime_ns
+    # From then on the converted copy is used: even with the .pth gone from the cache.
+    (snapshot / PYIQA_MIRROR_FILE).resolve().unlink()
+    (snapshot / PYIQA_MIRROR_FILE).unlink()
+    assert torch.equal(score(images, cache_dir=tmp_path), expected)
+    assert (converted / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_nothing_cached_offline_lists_sources_and_fixes(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUALICLIP_HUB_REPO", REPO)
+    with pytest.raises(WeightsNotFoundError) as info:
+        QualiCLIP.from_pretrained(cache_dir=tmp_path, local_files_only=True)
+    message = str(info.value)
+    assert f"hf-hub:{REPO}" in message and PYIQA_MIRROR_REPO in message
+    assert "qualiclip download" in message and "HF_HUB_CACHE" in message and "local_files_only" in message
+
+
+def test_missing_local_path_is_clear(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="no such file"):
+        QualiCLIP.from_pretrained(tmp_path / "nope.pth")

@@ -1,0 +1,112 @@
+"""Behaviour of the QualiCLIP module itself: outputs, precision, gradients, prompts."""
+
+import pytest
+import torch
+from conftest import make_images
+
+from qualiclip_metric import DEFAULT_PROMPT_PAIRS, QualiCLIP
+from qualiclip_metric.checkpoint import read_checkpoint, write_layout
+
+
+def test_outputs_and_pair_names(model):
+    images = make_images(2, 64, 80)
+    with torch.no_grad():
+        scores = model(images)
+        pairs = model.pair_probabilities(images)
+    assert scores.shape == (2,) and pairs.shape == (2, 7)
+    assert torch.allclose(pairs.mean(dim=1), scores)
+    assert ((scores > 0) & (scores < 1)).all()
+    assert model.pair_names[0] == "Good photo./Bad photo." and len(model.pair_names) == 7
+    assert len(set(model.pair_names)) == 7
+
+
+def test_single_image_without_batch_dimension(model):
+    image = make_images(1, 64, 64, seed=3)
+    with torch.no_grad():
+        assert torch.equal(model(image[0]), model(image))
+
+
+def test_frozen_and_in_eval_mode(model):
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_gradients_reach_the_input(model):
+    images = make_images(2, 64, 64, seed=4).requires_grad_(True)
+    model(images).sum().backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_close_to_fp32(model, precision):
+    images = make_images(4, 96, 96, seed=9)
+    with torch.no_grad():
+        reference = model(images)
+        model.precision = precision
+        try:
+            reduced = model(images)
+        finally:
+            model.precision = "fp32"
+    assert reduced.dtype == torch.float32
+    assert (reduced - reference).abs().max() < 0.02
+
+
+def test_invalid_settings_are_rejected(model):
+    with pytest.raises(ValueError, match="precision"):
+        model.precision = "int8"
+    with pytest.raises(ValueError, match="temperature"):
+        model.temperature = 0
+
+
+def test_default_prompts_through_the_text_tower_match_stored_features(official_pth, clip_parts, model):
+    custom = QualiCLIP.from_pretrained(official_pth, prompts=DEFAULT_PROMPT_PAIRS)
+    assert torch.allclose(custom.prompts_features, clip_parts[1], atol=1e-6)
+    images = make_images(2, 64, 64, seed=8)
+    with torch.no_grad():
+        assert torch.allclose(custom(images), model(images), atol=1e-6)
+
+
+def test_custom_prompt_pairs(official_pth):
+    pairs = [("A clean photo.", "A noisy photo."), ("A sharp photo.", "A blurry photo.")]
+    custom = QualiCLIP.from_pretrained(official_pth, prompts=pairs)
+    assert custom.pair_names == ["A clean photo./A noisy photo.", "A sharp photo./A blurry photo."]
+    with torch.no_grad():
+        assert custom.pair_probabilities(make_images(3, 64, 64)).shape == (3, 2)
+    with pytest.raises(ValueError, match="two non-empty strings"):
+        QualiCLIP.from_pretrained(official_pth, prompts=[("only one",)])
+
+
+def test_default_path_needs_no_text_tower(official_pth, tmp_path, model):
+    checkpoint = read_checkpoint(official_pth)
+    layout = write_layout(checkpoint, tmp_path / "image-only", include_text=False)
+    assert not (layout / "text.safetensors").exists()
+    image_only = QualiCLIP.from_pretrained(layout)
+    images = make_images(2, 64, 64, seed=2)
+    with torch.no_grad():
+        assert torch.equal(image_only(images), model(images))
+    with pytest.raises(ValueError, match="text"):
+        QualiCLIP.from_pretrained(layout, prompts=[("good", "bad")])
+
+
+def test_huge_token_count_uses_linear_memory(model):
+    # 1024 x 1024 gives 1024 tokens; a full attention matrix over them is avoided by design.
+    images = make_images(1, 1024, 1024, seed=6)
+    with torch.no_grad():
+        assert torch.isfinite(model(images)).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_cuda_matches_cpu(model, precision):
+    images = make_images(4, 160, 224, seed=12)
+    with torch.no_grad():
+        expected = model(images)
+        gpu = QualiCLIP.from_checkpoint(read_checkpoint_from_model(model), precision=precision).to("cuda")
+        actual = gpu(images.cuda()).cpu()
+    assert (actual - expected).abs().max() < (1e-4 if precision == "fp32" else 0.02)
+
+
+def read_checkpoint_from_model(model):
+    from qualiclip_metric.checkpoint import Checkpoint
+
+    return Checkpoint(dict(model.state_dict()), None, model.config, origin="in-memory")
