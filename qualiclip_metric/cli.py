@@ -46,13 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     score.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
-    score.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)")
+    score.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="images per forward pass (default: 1 on the CPU, where batching is slower, 16 on GPUs)",
+    )
     score.add_argument(
         "--workers", type=int, default=2, help="decoding processes; 0 decodes in the main process (default 2)"
     )
     score.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     score.add_argument(
-        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute precision (default fp32)"
+        "--precision",
+        choices=("fp32", "tf32", "bf16", "fp16"),
+        default="fp32",
+        help="compute precision (default fp32, strict IEEE)",
     )
     score.add_argument("--max-size", type=_positive_int, help="downscale images whose longer side exceeds this")
     score.add_argument("--max-pixels", type=_positive_int, help="refuse larger images (default about 89.5 megapixels)")
@@ -172,7 +179,7 @@ def run_score(args: argparse.Namespace) -> int:
     results = score_files(
         files,
         model,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or (1 if model.device.type == "cpu" else 16),
         workers=args.workers,
         max_size=args.max_size,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,

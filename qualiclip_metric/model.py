@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -26,8 +26,40 @@ from qualiclip_metric.inputs import as_image_batch
 if TYPE_CHECKING:
     from qualiclip_metric.checkpoint import Checkpoint
 
-Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+#: Autocast dtype of each precision; "fp32" is strict IEEE fp32 and "tf32" lets CUDA use TF32 in fp32 ops.
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "tf32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+@contextlib.contextmanager
+def cuda_tf32(enabled: bool) -> Iterator[None]:
+    """Allow or forbid TF32 in cuDNN convolutions and CUDA matmuls, restoring the caller's settings.
+
+    cuDNN uses TF32 for fp32 convolutions by default, which moves scores by about 3e-4.
+    """
+    backends = torch.backends
+    if hasattr(backends.cudnn, "conv") and hasattr(backends.cuda.matmul, "fp32_precision"):
+        targets = [backends.cudnn.conv, backends.cuda.matmul]
+        saved = [target.fp32_precision for target in targets]
+        for target in targets:
+            target.fp32_precision = "tf32" if enabled else "ieee"
+        try:
+            yield
+        finally:
+            for target, value in zip(targets, saved, strict=True):
+                target.fp32_precision = value
+    else:  # torch releases without the per-backend precision API
+        saved_flags = (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
+        backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = enabled
+        try:
+            yield
+        finally:
+            backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved_flags
 
 
 def build_image_tower() -> nn.Module:
@@ -75,6 +107,8 @@ class QualiCLIP(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config or QualiCLIPConfig()
+        #: Where the weights were read from (set by :meth:`from_pretrained`).
+        self.source: str | None = None
         self.visual = build_image_tower()
         pairs = validate_prompt_pairs(prompt_pairs or self.config.prompt_pairs)
         self.prompt_pairs: tuple[PromptPair, ...] = pairs
@@ -125,17 +159,21 @@ class QualiCLIP(nn.Module):
 
     # -- scoring -------------------------------------------------------------------------------
 
-    def _autocast(self, device_type: str) -> contextlib.AbstractContextManager:
+    def _compute_context(self, device_type: str) -> contextlib.ExitStack:
+        """The numeric mode of :attr:`precision`; with "fp32", a caller's own autocast stays in force."""
+        stack = contextlib.ExitStack()
+        if device_type == "cuda":
+            stack.enter_context(cuda_tf32(self.precision == "tf32"))
         dtype = PRECISIONS[self.precision]
-        if dtype is None:  # leave any autocast region the caller opened in force
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device_type, dtype=dtype)
+        if dtype is not None:
+            stack.enter_context(torch.autocast(device_type=device_type, dtype=dtype))
+        return stack
 
     def image_features(self, images: Tensor) -> Tensor:
         """L2-normalized, quality-aware 1024-d image embeddings, shape (N, 1024)."""
         x = as_image_batch(images)
         x = (x.to(self.mean.dtype) - self.mean) / self.std
-        with self._autocast(x.device.type):
+        with self._compute_context(x.device.type):
             x = x.to(self.visual.conv1.weight.dtype) if not torch.is_autocast_enabled(x.device.type) else x
             x = self.visual.stem(x)
             x = self.visual.layer4(self.visual.layer3(self.visual.layer2(self.visual.layer1(x))))
