@@ -81,6 +81,14 @@ def official_pth(clip_parts, weights_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def layout_dir(official_pth: Path, weights_dir: Path) -> Path:
+    """The same weights in our Hub layout (model, text tower and config.json)."""
+    from qualiclip_metric.checkpoint import read_checkpoint, write_layout
+
+    return write_layout(read_checkpoint(official_pth), weights_dir / "layout")
+
+
+@pytest.fixture(scope="session")
 def model(official_pth: Path):
     from qualiclip_metric import QualiCLIP
 

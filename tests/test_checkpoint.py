@@ -13,11 +13,6 @@ from qualiclip_metric.checkpoint import read_checkpoint, write_layout, write_off
 
 
 @pytest.fixture(scope="module")
-def layout(official_pth, tmp_path_factory):
-    return write_layout(read_checkpoint(official_pth), tmp_path_factory.mktemp("layout") / "qualiclip")
-
-
-@pytest.fixture(scope="module")
 def images():
     return make_images(3, 72, 96, seed=21)
 
@@ -27,8 +22,8 @@ def scores(source, images, **kwargs):
         return QualiCLIP.from_pretrained(source, **kwargs)(images)
 
 
-def test_layout_contents(layout):
-    config = (layout / "config.json").read_text()
+def test_layout_contents(layout_dir):
+    config = (layout_dir / "config.json").read_text()
     for needle in (
         '"format": "qualiclip-metric"',
         '"model.safetensors"',
@@ -37,17 +32,21 @@ def test_layout_contents(layout):
         "0.48145466",
     ):
         assert needle in config
-    assert set(load_file(layout / "model.safetensors")) >= {"prompts_features", "logit_scale", "visual.conv1.weight"}
+    assert set(load_file(layout_dir / "model.safetensors")) >= {
+        "prompts_features",
+        "logit_scale",
+        "visual.conv1.weight",
+    }
 
 
-def test_all_formats_give_identical_scores(official_pth, layout, images):
+def test_all_formats_give_identical_scores(official_pth, layout_dir, images):
     expected = scores(official_pth, images)
-    assert torch.equal(scores(layout, images), expected)
-    assert torch.equal(scores(layout / "model.safetensors", images), expected)
+    assert torch.equal(scores(layout_dir, images), expected)
+    assert torch.equal(scores(layout_dir / "model.safetensors", images), expected)
 
 
-def test_official_layout_round_trips_exactly(official_pth, layout, tmp_path):
-    back = write_official(read_checkpoint(layout, need_text=True), tmp_path / "back.pth")
+def test_official_layout_round_trips_exactly(official_pth, layout_dir, tmp_path):
+    back = write_official(read_checkpoint(layout_dir, need_text=True), tmp_path / "back.pth")
     original = torch.load(official_pth, weights_only=True)
     restored = torch.load(back, weights_only=True)
     assert original.keys() == restored.keys()
@@ -55,9 +54,9 @@ def test_official_layout_round_trips_exactly(official_pth, layout, tmp_path):
         assert original[key].dtype == restored[key].dtype and torch.equal(original[key], restored[key]), key
 
 
-def test_bare_safetensors_carries_its_config(layout, tmp_path, images):
-    custom = QualiCLIP.from_pretrained(layout, prompts=[("Clean.", "Noisy."), ("Sharp.", "Blurry.")])
-    checkpoint = read_checkpoint(layout)
+def test_bare_safetensors_carries_its_config(layout_dir, tmp_path, images):
+    custom = QualiCLIP.from_pretrained(layout_dir, prompts=[("Clean.", "Noisy."), ("Sharp.", "Blurry.")])
+    checkpoint = read_checkpoint(layout_dir)
     checkpoint.image_state = {**checkpoint.image_state, "prompts_features": custom.prompts_features}
     checkpoint.config.prompt_pairs = custom.prompt_pairs
     bare = write_layout(checkpoint, tmp_path / "custom", include_text=False) / "model.safetensors"
@@ -67,12 +66,12 @@ def test_bare_safetensors_carries_its_config(layout, tmp_path, images):
         assert torch.equal(reloaded(images), custom(images))
 
 
-def copy_layout(layout, tmp_path):
-    return shutil.copytree(layout, tmp_path / "copy")
+def copy_layout(layout_dir, tmp_path):
+    return shutil.copytree(layout_dir, tmp_path / "copy")
 
 
-def test_tampered_file_is_rejected(layout, tmp_path):
-    copy = copy_layout(layout, tmp_path)
+def test_tampered_file_is_rejected(layout_dir, tmp_path):
+    copy = copy_layout(layout_dir, tmp_path)
     data = bytearray((copy / "model.safetensors").read_bytes())
     data[-100] ^= 0xFF
     (copy / "model.safetensors").write_bytes(bytes(data))
@@ -80,8 +79,8 @@ def test_tampered_file_is_rejected(layout, tmp_path):
         QualiCLIP.from_pretrained(copy)
 
 
-def test_truncated_files_are_rejected(layout, official_pth, tmp_path):
-    copy = copy_layout(layout, tmp_path)
+def test_truncated_files_are_rejected(layout_dir, official_pth, tmp_path):
+    copy = copy_layout(layout_dir, tmp_path)
     data = (copy / "model.safetensors").read_bytes()
     (copy / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
@@ -94,42 +93,42 @@ def test_truncated_files_are_rejected(layout, official_pth, tmp_path):
         QualiCLIP.from_pretrained(truncated_pth)
 
 
-def edited_safetensors(layout, tmp_path, edit):
-    tensors = load_file(layout / "model.safetensors")
+def edited_safetensors(layout_dir, tmp_path, edit):
+    tensors = load_file(layout_dir / "model.safetensors")
     edit(tensors)
     path = tmp_path / "edited.safetensors"
     save_file(tensors, path)
     return path
 
 
-def test_wrong_shape_is_named(layout, tmp_path):
+def test_wrong_shape_is_named(layout_dir, tmp_path):
     def edit(t):
         t["visual.attnpool.c_proj.weight"] = t["visual.attnpool.c_proj.weight"][:512]
 
     with pytest.raises(
         CheckpointError, match=r"wrong shapes \(visual\.attnpool\.c_proj\.weight: file has \(512, 2048\)"
     ):
-        QualiCLIP.from_pretrained(edited_safetensors(layout, tmp_path, edit))
+        QualiCLIP.from_pretrained(edited_safetensors(layout_dir, tmp_path, edit))
 
 
-def test_missing_and_unexpected_keys_are_named(layout, tmp_path):
+def test_missing_and_unexpected_keys_are_named(layout_dir, tmp_path):
     def drop(t):
         del t["visual.layer1.0.conv1.weight"]
 
     with pytest.raises(CheckpointError, match=r"1 missing keys \(visual\.layer1\.0\.conv1\.weight\)"):
-        QualiCLIP.from_pretrained(edited_safetensors(layout, tmp_path, drop))
+        QualiCLIP.from_pretrained(edited_safetensors(layout_dir, tmp_path, drop))
 
     def add(t):
         t["visual.extra.weight"] = torch.zeros(2)
 
     with pytest.raises(CheckpointError, match=r"unexpected keys \(visual\.extra\.weight\)"):
-        QualiCLIP.from_pretrained(edited_safetensors(layout, tmp_path, add))
+        QualiCLIP.from_pretrained(edited_safetensors(layout_dir, tmp_path, add))
 
     def foreign(t):
         t["classifier.weight"] = torch.zeros(2)
 
     with pytest.raises(CheckpointError, match="belong to no CLIP RN50 part"):
-        QualiCLIP.from_pretrained(edited_safetensors(layout, tmp_path, foreign))
+        QualiCLIP.from_pretrained(edited_safetensors(layout_dir, tmp_path, foreign))
 
 
 def test_pickled_objects_are_never_loaded(tmp_path):

@@ -15,7 +15,6 @@ from hubcache import prefill
 from images import write_odd_images
 
 from qualiclip_metric import load_image
-from qualiclip_metric.checkpoint import read_checkpoint, write_layout
 
 REPO = "someone/qualiclip-cli"
 GOOD = ["cmyk.jpg", "deep16.png", "gray.png", "gray_alpha.png", "palette.png", "photo.jpg", "rgb.png", "rgba.png"]
@@ -41,11 +40,9 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def hub_cache(official_pth, tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli-hub")
-    layout = write_layout(read_checkpoint(official_pth), root / "layout")
-    cache = root / "cache"
-    files = {name: layout / name for name in ("config.json", "model.safetensors", "text.safetensors")}
+def hub_cache(layout_dir, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cli-hub")
+    files = {name: layout_dir / name for name in ("config.json", "model.safetensors", "text.safetensors")}
     prefill(cache, REPO, files, "a" * 40, refs=("main", "v1"))
     return cache
 

@@ -15,11 +15,6 @@ COMMIT_V2 = "2" * 40
 
 
 @pytest.fixture(scope="module")
-def layout(official_pth, tmp_path_factory):
-    return write_layout(read_checkpoint(official_pth), tmp_path_factory.mktemp("hub-layout") / "release")
-
-
-@pytest.fixture(scope="module")
 def images():
     return make_images(2, 64, 96, seed=31)
 
@@ -30,9 +25,9 @@ def expected(official_pth, images):
         return QualiCLIP.from_pretrained(official_pth)(images)
 
 
-def layout_files(layout, text=True):
+def layout_files(layout_dir, text=True):
     names = ["config.json", "model.safetensors"] + (["text.safetensors"] if text else [])
-    return {name: layout / name for name in names}
+    return {name: layout_dir / name for name in names}
 
 
 def score(images, **kwargs):
@@ -49,13 +44,13 @@ def test_parse_hub_source():
         parse_hub_source("hf-hub:noslash")
 
 
-def test_hub_source_from_cache(layout, tmp_path, images, expected):
-    prefill(tmp_path, REPO, layout_files(layout), COMMIT_V1)
+def test_hub_source_from_cache(layout_dir, tmp_path, images, expected):
+    prefill(tmp_path, REPO, layout_files(layout_dir), COMMIT_V1)
     assert torch.equal(score(images, source=f"hf-hub:{REPO}", cache_dir=tmp_path), expected)
 
 
-def test_pinned_revisions(layout, tmp_path, images, expected, official_pth):
-    prefill(tmp_path, REPO, layout_files(layout), COMMIT_V1, refs=("v1",))
+def test_pinned_revisions(layout_dir, tmp_path, images, expected, official_pth):
+    prefill(tmp_path, REPO, layout_files(layout_dir), COMMIT_V1, refs=("v1",))
     # v2 holds other weights: a model whose image tower differs in one BatchNorm layer.
     other = read_checkpoint(official_pth)
     other.image_state = dict(other.image_state)
@@ -69,8 +64,8 @@ def test_pinned_revisions(layout, tmp_path, images, expected, official_pth):
     assert not torch.equal(latest, expected)
 
 
-def test_tampered_cache_file_is_rejected(layout, tmp_path):
-    snapshot = prefill(tmp_path, REPO, layout_files(layout), COMMIT_V1)
+def test_tampered_cache_file_is_rejected(layout_dir, tmp_path):
+    snapshot = prefill(tmp_path, REPO, layout_files(layout_dir), COMMIT_V1)
     blob = (snapshot / "model.safetensors").resolve()
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 1
@@ -79,18 +74,18 @@ def test_tampered_cache_file_is_rejected(layout, tmp_path):
         QualiCLIP.from_pretrained(f"hf-hub:{REPO}", cache_dir=tmp_path, local_files_only=True)
 
 
-def test_custom_prompts_fetch_the_text_tower(layout, tmp_path):
-    prefill(tmp_path, REPO, layout_files(layout, text=False), COMMIT_V1)
+def test_custom_prompts_fetch_the_text_tower(layout_dir, tmp_path):
+    prefill(tmp_path, REPO, layout_files(layout_dir, text=False), COMMIT_V1)
     with pytest.raises(WeightsNotFoundError, match=r"someone/qualiclip-test \(text\.safetensors\)"):
         QualiCLIP.from_pretrained(f"hf-hub:{REPO}", cache_dir=tmp_path, local_files_only=True, prompts=[("a", "b")])
-    prefill(tmp_path, REPO, layout_files(layout), COMMIT_V1)
+    prefill(tmp_path, REPO, layout_files(layout_dir), COMMIT_V1)
     model = QualiCLIP.from_pretrained(f"hf-hub:{REPO}", cache_dir=tmp_path, local_files_only=True, prompts=[("a", "b")])
     assert model.pair_names == ["a/b"]
 
 
-def test_default_source_is_the_project_repo(layout, tmp_path, images, expected, monkeypatch):
+def test_default_source_is_the_project_repo(layout_dir, tmp_path, images, expected, monkeypatch):
     monkeypatch.setenv("QUALICLIP_HUB_REPO", REPO)
-    prefill(tmp_path, REPO, layout_files(layout), COMMIT_V1)
+    prefill(tmp_path, REPO, layout_files(layout_dir), COMMIT_V1)
     assert torch.equal(score(images, cache_dir=tmp_path), expected)
 
 
