@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from unittest import mock
 
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 
 from qualiclip_metric.config import DEFAULT_PROMPT_PAIRS
 
+# No test may reach the network: huggingface_hub reads this when it is first imported, after this file.
+os.environ["HF_HUB_OFFLINE"] = "1"
 SEED = 1234
 
 
