@@ -38,11 +38,13 @@ def _describe(images: Tensor) -> str:
     return f"a {images.dtype} tensor of shape {tuple(images.shape)}"
 
 
-def as_image_batch(images: Tensor, data_range: float = 1.0) -> Tensor:
-    """Validate an image tensor and return it as float (N, 3, H, W) in [0, 1].
+def as_image_batch(images: Tensor, data_range: float = 1.0, check_range: bool = True) -> Tensor:
+    """Validate an image tensor and return it as float (N, 3, H, W), scaled by ``1 / data_range``.
 
     Accepts (N, C, H, W) or (C, H, W) with C = 1 (expanded to RGB) or 3, floating point in
     [0, data_range] or uint8 in [0, 255]. Gradients flow through the returned tensor.
+    ``check_range=False`` lets values outside the range through (losses on network outputs that
+    overshoot); NaN and Inf are always refused.
     """
     if not isinstance(images, Tensor):
         raise TypeError(f"expected a torch.Tensor of images, got {type(images).__name__}")
@@ -74,7 +76,7 @@ def as_image_batch(images: Tensor, data_range: float = 1.0) -> Tensor:
         if not finite:
             raise ValueError(f"images contain NaN or Inf values ({_describe(images)})")
         tolerance = 1e-6 * data_range
-        if low < -tolerance or high > data_range + tolerance:
+        if check_range and (low < -tolerance or high > data_range + tolerance):
             raise ValueError(
                 f"image values must lie in [0, {data_range:g}], got values in [{low.item():.4g}, {high.item():.4g}] "
                 f"({_describe(images)}); pass data_range= for other scales"

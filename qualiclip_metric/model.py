@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 from qualiclip_metric.config import (
     EMBED_DIM,
-    SCORE_LOGIT_SCALE,
     PromptPair,
     QualiCLIPConfig,
     pair_name,
@@ -115,11 +114,14 @@ class QualiCLIP(nn.Module):
         # Normalized text features of the prompts, positive then negative for every pair.
         self.register_buffer("prompts_features", torch.zeros(2 * len(pairs), EMBED_DIM))
         # CLIP's learned scale, kept for lossless conversions; the official score uses a fixed 100.
-        self.register_buffer("logit_scale", torch.tensor(math.log(SCORE_LOGIT_SCALE)))
+        self.register_buffer("logit_scale", torch.tensor(math.log(self.config.score_logit_scale)))
         self.register_buffer("mean", torch.tensor(self.config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.config.std).view(1, 3, 1, 1), persistent=False)
         self.temperature = temperature
         self.precision = precision
+        #: Multiplies cosine similarities before the softmax: 100 in the official scorer; pyiqa uses
+        #: exp(logit_scale) from the checkpoint instead.
+        self.score_logit_scale = self.config.score_logit_scale
         self.eval()
         self.requires_grad_(False)
 
@@ -169,9 +171,12 @@ class QualiCLIP(nn.Module):
             stack.enter_context(torch.autocast(device_type=device_type, dtype=dtype))
         return stack
 
-    def image_features(self, images: Tensor) -> Tensor:
-        """L2-normalized, quality-aware 1024-d image embeddings, shape (N, 1024)."""
-        x = as_image_batch(images)
+    def image_features(self, images: Tensor, check_range: bool = True) -> Tensor:
+        """L2-normalized, quality-aware 1024-d image embeddings, shape (N, 1024).
+
+        ``check_range=False`` accepts values outside [0, 1] (network outputs that overshoot).
+        """
+        x = as_image_batch(images, check_range=check_range)
         x = (x.to(self.mean.dtype) - self.mean) / self.std
         with self._compute_context(x.device.type):
             x = x.to(self.visual.conv1.weight.dtype) if not torch.is_autocast_enabled(x.device.type) else x
@@ -183,16 +188,16 @@ class QualiCLIP(nn.Module):
     def pair_probabilities_from_features(self, features: Tensor) -> Tensor:
         """(N, P) probability of the positive prompt of every antonym pair, from normalized features."""
         prompts = self.prompts_features.to(device=features.device, dtype=features.dtype)
-        logits = (SCORE_LOGIT_SCALE / self.temperature) * features @ prompts.T
+        logits = (self.score_logit_scale / self.temperature) * features @ prompts.T
         return logits.unflatten(-1, (len(self.prompt_pairs), 2)).softmax(dim=-1)[..., 0]
 
-    def pair_probabilities(self, images: Tensor) -> Tensor:
+    def pair_probabilities(self, images: Tensor, check_range: bool = True) -> Tensor:
         """(N, P) probability of the positive prompt of each pair; columns named by :attr:`pair_names`."""
-        return self.pair_probabilities_from_features(self.image_features(images))
+        return self.pair_probabilities_from_features(self.image_features(images, check_range))
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, check_range: bool = True) -> Tensor:
         """(N,) quality scores in [0, 1]; the mean positive probability over the antonym pairs."""
-        return self.pair_probabilities(images).mean(dim=-1)
+        return self.pair_probabilities(images, check_range).mean(dim=-1)
 
     # -- weights -------------------------------------------------------------------------------
 
