@@ -12,54 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import math
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
-import torch.nn.functional as F
+from common import CLIVE, PARITY_TOLERANCE, ROOT, machine, pyiqa_model, random_official_checkpoint
 
 from qualiclip_metric import QualiCLIP, load_image
 from qualiclip_metric.checkpoint import read_checkpoint, write_layout
-
-ROOT = Path(__file__).resolve().parent
-CLIVE = ROOT.parent.parent / "shared" / "data" / "clive" / "images"
-PARITY_TOLERANCE = 1e-5
-
-
-def random_official_checkpoint(folder: Path) -> Path:
-    """A random CLIP RN50 in the official ``qualiclip.pth`` layout."""
-    import open_clip
-
-    logging.getLogger().setLevel(logging.ERROR)
-    torch.manual_seed(0)
-    clip = open_clip.create_model("RN50-quickgelu", pretrained=None).eval()
-    with torch.no_grad():
-        clip.logit_scale.fill_(math.log(100.0))
-    prompts = F.normalize(torch.randn(14, 1024), dim=-1)
-    path = folder / "qualiclip.pth"
-    torch.save({"prompts_features": prompts, **{f"clip_model.{k}": v for k, v in clip.state_dict().items()}}, path)
-    return path
-
-
-def pyiqa_model(official_pth: Path, temperature: float = 1.0) -> torch.nn.Module:
-    """pyiqa's own QualiCLIP arch, its two downloads pointed at the local checkpoint."""
-    import pyiqa.archs.qualiclip_arch as arch
-    from pyiqa.archs.clip_model import build_model
-
-    state = torch.load(official_pth, map_location="cpu", weights_only=True)
-    clip_state = {k.removeprefix("clip_model."): v for k, v in state.items() if k.startswith("clip_model.")}
-    with (
-        mock.patch.object(arch, "load", lambda name, device: build_model(clip_state).to(device).float()),
-        mock.patch.object(arch, "load_file_from_url", lambda url, *a, **k: str(official_pth)),
-    ):
-        return arch.QualiCLIP(model_type="qualiclip", temperature=temperature).eval()
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -182,13 +145,7 @@ def main() -> int:
 
     result = {
         "benchmark": "inference",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-        },
+        "machine": machine(device),
         "images": image_source,
         "weights": "random" if args.weights is None else str(args.weights),
         "load_seconds": load,

@@ -98,3 +98,17 @@ def test_restoration_example_trains(official_pth):
     )
     assert result.returncode == 0, result.stderr
     assert "step 3" in result.stdout and "restorer parameters changed: True" in result.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_under_cuda_autocast(official_pth, dtype):
+    loss = QualiCLIPLoss(official_pth).to("cuda")
+    images = make_images(2, 128, 128, seed=75).cuda().requires_grad_(True)
+    with torch.autocast("cuda", dtype=dtype):
+        value = loss(images)
+    value.backward()
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert abs(value.item() - loss(images).item()) < 0.05
