@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -188,27 +189,32 @@ def _save_safetensors(tensors: StateDict, path: Path, metadata: dict[str, str]) 
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
-def write_layout(checkpoint: Checkpoint, directory: str | os.PathLike, *, include_text: bool = True) -> Path:
-    """Write our Hub layout atomically (into a temporary sibling, then renamed) and return it."""
+def write_layout(
+    checkpoint: Checkpoint, directory: str | os.PathLike, *, include_text: bool = True, overwrite: bool = False
+) -> Path:
+    """Write our Hub layout (into a temporary sibling, then renamed into place) and return it.
+
+    An existing ``directory`` raises :class:`FileExistsError` unless ``overwrite`` is set.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    files = {}
-    base_config = replace(checkpoint.config, files={})
-    metadata = {"format": base_config.format, "qualiclip_config": base_config.to_json()}
-    _save_safetensors(checkpoint.image_state, staging / MODEL_FILE, metadata)
-    files[MODEL_FILE] = sha256_file(staging / MODEL_FILE)
-    if include_text and checkpoint.text_state:
-        _save_safetensors(checkpoint.text_state, staging / TEXT_FILE, {"format": base_config.format})
-        files[TEXT_FILE] = sha256_file(staging / TEXT_FILE)
-    (staging / CONFIG_FILE).write_text(replace(base_config, files=files).to_json(), encoding="utf-8")
     try:
+        base_config = replace(checkpoint.config, files={})
+        metadata = {"format": base_config.format, "qualiclip_config": base_config.to_json()}
+        files = {}
+        _save_safetensors(checkpoint.image_state, staging / MODEL_FILE, metadata)
+        files[MODEL_FILE] = sha256_file(staging / MODEL_FILE)
+        if include_text and checkpoint.text_state:
+            _save_safetensors(checkpoint.text_state, staging / TEXT_FILE, {"format": base_config.format})
+            files[TEXT_FILE] = sha256_file(staging / TEXT_FILE)
+        (staging / CONFIG_FILE).write_text(replace(base_config, files=files).to_json(), encoding="utf-8")
+        if directory.exists():
+            if not overwrite:
+                raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it")
+            shutil.rmtree(directory)
         os.replace(staging, directory)
-    except OSError:
-        if not (directory / CONFIG_FILE).is_file():  # a concurrent writer finished first otherwise
-            raise
-        import shutil
-
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from torch import nn
@@ -16,7 +17,7 @@ def build_network(weights: str | QualiCLIP | None, **options: Any) -> QualiCLIP:
         if given:
             raise ValueError(f"{', '.join(sorted(given))} cannot be applied to an already loaded model; set them on it")
         return weights
-    if weights is not None and not isinstance(weights, (str,)) and not hasattr(weights, "__fspath__"):
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise TypeError(
             f"weights must be a source accepted by QualiCLIP.from_pretrained or a QualiCLIP, got {weights!r}"
         )

@@ -23,14 +23,15 @@ def default_model(device: str | torch.device = "cpu") -> QualiCLIP:
     return _default_models[device]
 
 
+REDUCTIONS = ("none", "mean", "sum")
+
+
 def _reduce(scores: Tensor, reduction: Reduction) -> Tensor:
-    if reduction == "none":
-        return scores
     if reduction == "mean":
         return scores.mean()
     if reduction == "sum":
         return scores.sum()
-    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    return scores
 
 
 def score_batch(model: QualiCLIP, images: Tensor, *, per_pair: bool = False) -> Tensor:
@@ -58,7 +59,8 @@ def qualiclip_score(
     ``max_size`` downscales images whose longer side exceeds it. Differentiable for tensor input
     that requires grad. ``model`` defaults to the pretrained weights on the input's device.
     """
-    _reduce(torch.zeros(1), reduction)  # reject a bad reduction before any work
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if isinstance(images, Tensor):
         batch = resize_longer_side(as_image_batch(images, data_range), max_size)
         model = model or default_model(images.device)

@@ -141,7 +141,10 @@ def fetch_pyiqa_mirror(*, cache_dir: Path, revision: str | None, local_files_onl
         "source": f"{HUB_PREFIX}{PYIQA_MIRROR_REPO}/{PYIQA_MIRROR_FILE}",
         "source_revision": pth.parent.name,  # the snapshot directory is named after the commit
     }
-    return convert_to_layout(pth, target, provenance)
+    try:
+        return convert_to_layout(pth, target, provenance)
+    except FileExistsError:  # another process converted the same file first
+        return target
 
 
 def _not_found(tried: list[_Unavailable], offline: bool) -> WeightsNotFoundError:

@@ -157,3 +157,14 @@ def test_fp16_weights_are_accepted(official_pth, tmp_path, images):
     path = tmp_path / "half.pth"
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
     assert (scores(path, images) - scores(official_pth, images)).abs().max() < 0.01
+
+
+def test_write_layout_never_overwrites_silently(official_pth, tmp_path):
+    target = tmp_path / "release"
+    checkpoint = read_checkpoint(official_pth)
+    write_layout(checkpoint, target, include_text=False)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_layout(checkpoint, target)
+    write_layout(checkpoint, target, overwrite=True)
+    assert (target / "text.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["release"]  # no staging directories left behind
