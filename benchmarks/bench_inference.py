@@ -11,7 +11,6 @@ image at a time like the official demo; a score mismatch above the tolerance inv
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import CLIVE, PARITY_TOLERANCE, ROOT, machine, pyiqa_model, random_official_checkpoint
+from common import CLIVE, PARITY_TOLERANCE, ROOT, machine, pyiqa_model, random_official_checkpoint, write_result
 
 from qualiclip_metric import QualiCLIP, load_image
 from qualiclip_metric.checkpoint import read_checkpoint, write_layout
@@ -152,10 +151,7 @@ def main() -> int:
         "throughput": rows,
         "fp32_parity_valid": valid,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {output}")
-    return 0 if valid else 1
+    return write_result(output, result, valid)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ and input gradients are compared: QualiCLIPLoss = 1 - pyiqa's value.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, machine, pyiqa_downloads_from, random_official_checkpoint
+from common import ROOT, machine, pyiqa_downloads_from, random_official_checkpoint, write_result
 
 IMPLEMENTATIONS = {"qualiclip-metric": "QualiCLIPLoss", "pyiqa": "pyiqa.create_metric(..., as_loss=True)"}
 
@@ -181,10 +180,7 @@ def main() -> int:
         "relative_gradient_difference": grad_diff,
         "valid": valid,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {output}")
-    return 0 if valid else 1
+    return write_result(output, result, valid)
 
 
 if __name__ == "__main__":
