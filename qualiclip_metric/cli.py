@@ -243,8 +243,10 @@ def run_info(args: argparse.Namespace) -> int:
 
     try:  # look in the cache only: `info` never downloads
         weights = str(resolve(args.weights, revision=args.revision, cache_dir=args.cache_dir, local_files_only=True))
-    except (WeightsNotFoundError, CheckpointError, ValueError) as err:
-        weights = f"not available offline ({str(err).splitlines()[0]})"
+    except WeightsNotFoundError:
+        weights = "not in the cache (`qualiclip download` fetches it)"
+    except (CheckpointError, ValueError) as err:
+        weights = f"unusable: {err}"
     devices = ["cpu"]
     devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     if torch.backends.mps.is_available():
