@@ -1,0 +1,1 @@
+"""Training-side utilities for QualiCLIP: the synthetic degradation bank used to build quality-ranked pairs."""
