@@ -116,9 +116,11 @@ def _converted_dir(cache_dir: Path, revision: str | None) -> Path:
     return cache_dir / CONVERTED_DIR / name
 
 
-def convert_to_layout(pth: Path, target: Path, provenance: dict[str, object]) -> Path:
+def convert_to_layout(
+    pth: Path, target: Path, provenance: dict[str, object], *, include_text: bool = False, overwrite: bool = False
+) -> Path:
     """Convert an official/pyiqa ``.pth`` into our layout at ``target``, recording where it came from."""
-    checkpoint = read_checkpoint(pth, need_text=False)
+    checkpoint = read_checkpoint(pth, need_text=include_text)
     checkpoint.config = replace(
         checkpoint.config,
         provenance={
@@ -128,7 +130,7 @@ def convert_to_layout(pth: Path, target: Path, provenance: dict[str, object]) ->
             "converted_by": f"qualiclip-metric {__version__}",
         },
     )
-    return write_layout(checkpoint, target)
+    return write_layout(checkpoint, target, include_text=include_text, overwrite=overwrite)
 
 
 def fetch_pyiqa_mirror(*, cache_dir: Path, revision: str | None, local_files_only: bool) -> Path:

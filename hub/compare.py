@@ -1,0 +1,56 @@
+"""What the hub tools share: probe images, scoring two models alike, correlations."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from qualiclip_metric import QualiCLIP, load_image
+from qualiclip_metric.functional import score_batch
+from qualiclip_metric.inputs import collect_image_files, resize_longer_side
+
+#: Generated probe images when no folder is given: sizes chosen to include non-square ones.
+PROBE_SIZES = ((224, 224), (160, 288), (320, 240))
+
+
+def probe_images(folder: Path | None, max_size: int | None = 512) -> dict[str, Tensor]:
+    """Images to score by name: every image file of ``folder``, or deterministic generated ones."""
+    if folder is not None:
+        files = collect_image_files([folder])
+        if not files:
+            raise ValueError(f"{folder}: no image files")
+        return {path.name: resize_longer_side(load_image(path)[None], max_size) for path in files}
+    generator = torch.Generator().manual_seed(0)
+    images = {}
+    for index, (height, width) in enumerate(PROBE_SIZES):
+        coarse = torch.rand(2, 3, 6, 8, generator=generator)
+        smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+        noisy = smooth + 0.2 * (torch.rand(2, 3, height, width, generator=generator) - 0.5)
+        for item, image in enumerate(noisy.clamp(0, 1)):
+            images[f"generated-{index}-{item}"] = image[None]
+    return images
+
+
+def score_all(model: QualiCLIP, images: dict[str, Tensor]) -> Tensor:
+    """Scores in the order of ``images``."""
+    return torch.cat([score_batch(model, image).cpu() for image in images.values()])
+
+
+def read_mos(path: Path) -> dict[str, float]:
+    """``image,mos`` CSV (extra columns ignored), keyed by the file name of the image column."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"image", "mos"} <= set(rows[0]):
+        raise ValueError(f"{path}: expected a CSV with 'image' and 'mos' columns")
+    return {Path(row["image"]).name: float(row["mos"]) for row in rows}
+
+
+def correlations(predicted: Tensor, target: Tensor) -> dict[str, float]:
+    """Spearman and Pearson correlation coefficients."""
+    from scipy import stats
+
+    a, b = predicted.double().numpy(), target.double().numpy()
+    return {"srcc": float(stats.spearmanr(a, b).statistic), "plcc": float(stats.pearsonr(a, b).statistic)}
