@@ -32,6 +32,32 @@ def _weights_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offline", action="store_true", help="use only cached files (like HF_HUB_OFFLINE=1)")
 
 
+def _scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """Weights, device, precision and decoding options shared by ``score`` and ``evaluate``."""
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="images per forward pass (default: 1 on the CPU, where batching is slower, 16 on GPUs)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="decoding processes; 0 decodes in the main process (default 2)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "tf32", "bf16", "fp16"),
+        default="fp32",
+        help="compute precision (default fp32, strict IEEE)",
+    )
+    parser.add_argument("--max-size", type=_positive_int, help="downscale images whose longer side exceeds this")
+    parser.add_argument("--max-pixels", type=_positive_int, help="refuse larger images (default about 89.5 megapixels)")
+    parser.add_argument(
+        "--weights", metavar="SOURCE", help="hf-hub:ORG/REPO[@REV], a layout folder, .safetensors or .pth"
+    )
+    parser.add_argument("--temperature", type=float, help="softmax temperature (1 = official; 2 = pyiqa's numbers)")
+    _weights_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from qualiclip_metric import __version__
 
@@ -46,27 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     score.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
-    score.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        help="images per forward pass (default: 1 on the CPU, where batching is slower, 16 on GPUs)",
-    )
-    score.add_argument(
-        "--workers", type=int, default=2, help="decoding processes; 0 decodes in the main process (default 2)"
-    )
-    score.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    score.add_argument(
-        "--precision",
-        choices=("fp32", "tf32", "bf16", "fp16"),
-        default="fp32",
-        help="compute precision (default fp32, strict IEEE)",
-    )
-    score.add_argument("--max-size", type=_positive_int, help="downscale images whose longer side exceeds this")
-    score.add_argument("--max-pixels", type=_positive_int, help="refuse larger images (default about 89.5 megapixels)")
-    score.add_argument(
-        "--weights", metavar="SOURCE", help="hf-hub:ORG/REPO[@REV], a layout folder, .safetensors or .pth"
-    )
-    score.add_argument("--temperature", type=float, help="softmax temperature (1 = official; 2 = pyiqa's numbers)")
+    _scoring_arguments(score)
     score.add_argument(
         "--prompt-pair",
         nargs=2,
@@ -79,7 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", "-o", type=Path, help="write results to FILE.csv, .json or .jsonl (default: CSV on stdout)"
     )
     score.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
-    _weights_arguments(score)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="correlation with subjective scores on a dataset",
+        description="Score a dataset and report SRCC, KRCC, PLCC (raw and after a logistic fit) and RMSE.",
+    )
+    evaluate.add_argument("--images", type=Path, required=True, help="folder the CSV's image paths are relative to")
+    evaluate.add_argument(
+        "--scores", type=Path, required=True, help="image,mos CSV or a pyiqa meta_info_*.csv (NR or FR layout)"
+    )
+    evaluate.add_argument("--name", help="dataset name (default: from the CSV file name)")
+    evaluate.add_argument("--splits", type=int, default=10, help="random splits of the protocol (default 10)")
+    evaluate.add_argument("--test-fraction", type=float, default=0.2, help="test part of each split (default 0.2)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the splits and the bootstrap (default 0)")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples; 0 disables (default 1000)")
+    evaluate.add_argument("--plot", type=Path, help="save a scatter plot with the fitted logistic (needs matplotlib)")
+    evaluate.add_argument("--output", "-o", type=Path, help="write the full report as JSON")
+    evaluate.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _scoring_arguments(evaluate)
 
     download = commands.add_parser("download", help="fetch weights into the local cache")
     download.add_argument("source", nargs="?", help="weights source (default: the project's release)")
@@ -138,32 +162,21 @@ def _rows(results: Iterable[Any], pair_names: list[str]) -> Iterable[dict[str, A
         yield row
 
 
-def run_score(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from qualiclip_metric.batch import score_files
+def _load_model(args: argparse.Namespace, prompts: list[list[str]] | None = None) -> Any:
+    """The model the arguments ask for, or the exit code after printing why it cannot be loaded."""
     from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
-    from qualiclip_metric.inputs import DEFAULT_MAX_PIXELS, collect_image_files
     from qualiclip_metric.model import QualiCLIP
 
-    if args.output is not None and args.output.suffix.lower() not in OUTPUT_FORMATS:
-        print(f"qualiclip: --output must end in {', '.join(OUTPUT_FORMATS)}, got {args.output}", file=sys.stderr)
-        return EXIT_USAGE
-    files = collect_image_files(args.paths, recursive=args.recursive)
-    if not files:
-        print("qualiclip: no image files found in " + ", ".join(args.paths), file=sys.stderr)
-        return EXIT_USAGE
     try:
-        device = _pick_device(args.device)
-        model = QualiCLIP.from_pretrained(
+        return QualiCLIP.from_pretrained(
             args.weights,
             revision=args.revision,
             cache_dir=args.cache_dir,
             local_files_only=args.offline,
-            prompts=args.prompt_pair,
+            prompts=prompts,
             temperature=args.temperature,
             precision=args.precision,
-            device=device,
+            device=_pick_device(args.device),
         )
     except (WeightsNotFoundError, CheckpointError) as err:
         print(f"qualiclip: cannot load weights:\n{err}", file=sys.stderr)
@@ -172,19 +185,44 @@ def run_score(args: argparse.Namespace) -> int:
         print(f"qualiclip: {err}", file=sys.stderr)
         return EXIT_USAGE
 
-    pair_names = model.pair_names if args.per_pair else []
-    fmt = args.output.suffix.lower() if args.output else ".csv"
-    stream = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
-    writer = _Writer(stream, fmt, ["path", "score", "width", "height", *pair_names, "error"])
-    results = score_files(
-        files,
+
+def _score_paths(args: argparse.Namespace, model: Any, paths: list[Any], per_pair: bool = False) -> Any:
+    """Results for ``paths`` in order, as the batch scorer yields them, with the CLI's options."""
+    from qualiclip_metric.batch import score_files
+    from qualiclip_metric.inputs import DEFAULT_MAX_PIXELS
+
+    return score_files(
+        paths,
         model,
         batch_size=args.batch_size or (1 if model.device.type == "cpu" else 16),
         workers=args.workers,
         max_size=args.max_size,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-        per_pair=args.per_pair,
+        per_pair=per_pair,
     )
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from qualiclip_metric.inputs import collect_image_files
+
+    if args.output is not None and args.output.suffix.lower() not in OUTPUT_FORMATS:
+        print(f"qualiclip: --output must end in {', '.join(OUTPUT_FORMATS)}, got {args.output}", file=sys.stderr)
+        return EXIT_USAGE
+    files = collect_image_files(args.paths, recursive=args.recursive)
+    if not files:
+        print("qualiclip: no image files found in " + ", ".join(args.paths), file=sys.stderr)
+        return EXIT_USAGE
+    model = _load_model(args, prompts=args.prompt_pair)
+    if isinstance(model, int):
+        return model
+
+    pair_names = model.pair_names if args.per_pair else []
+    fmt = args.output.suffix.lower() if args.output else ".csv"
+    stream = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    writer = _Writer(stream, fmt, ["path", "score", "width", "height", *pair_names, "error"])
+    results = _score_paths(args, model, files, per_pair=args.per_pair)
     scored, failed, total = 0, [], 0.0
     start = time.perf_counter()
     progress = tqdm(total=len(files), unit="img", file=sys.stderr, disable=True if args.quiet else None)
@@ -213,6 +251,92 @@ def run_score(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from qualiclip_metric.datasets import read_csv_dataset
+    from qualiclip_metric.evaluation import bootstrap_intervals, correlations, split_protocol
+
+    try:
+        dataset = read_csv_dataset(args.images, args.scores, name=args.name)
+    except (OSError, ValueError) as err:
+        print(f"qualiclip: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    model = _load_model(args)
+    if isinstance(model, int):
+        return model
+    progress = tqdm(total=len(dataset), unit="img", file=sys.stderr, disable=True if args.quiet else None)
+    rows, failed = [], []
+    for result, target in zip(_score_paths(args, model, dataset.paths), dataset.scores, strict=True):
+        progress.update()
+        (rows if result.ok else failed).append({"path": result.path, "score": result.score, "mos": float(target)})
+        if not result.ok:
+            failed[-1]["error"] = result.error
+    progress.close()
+    if len(rows) < 3:
+        print(f"qualiclip: only {len(rows)} images could be scored; need at least 3", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    predicted = np.array([row["score"] for row in rows])
+    target = np.array([row["mos"] for row in rows])
+    orientation = {"target_higher_is_better": dataset.higher_is_better}
+    groups = None
+    if dataset.groups is not None:
+        by_path = dict(zip(map(str, dataset.paths), dataset.groups, strict=True))
+        groups = [by_path[row["path"]] for row in rows]
+    report = {
+        "dataset": dataset.name,
+        "images": len(rows),
+        "scores_higher_is_better": dataset.higher_is_better,
+        "weights": model.source,
+        "all_images": correlations(predicted, target, **orientation),
+        "splits": split_protocol(
+            predicted,
+            target,
+            splits=args.splits,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            groups=groups,
+            **orientation,
+        ),
+        "failed": failed,
+        "scores": rows,
+    }
+    if args.bootstrap:
+        report["bootstrap_95"] = bootstrap_intervals(
+            predicted, target, samples=args.bootstrap, seed=args.seed, **orientation
+        )
+    _print_evaluation(report)
+    if args.output:
+        args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.plot:
+        from qualiclip_metric.plotting import scatter_with_logistic
+
+        scatter_with_logistic(
+            predicted,
+            target,
+            args.plot,
+            title=f"{dataset.name}: SRCC {report['all_images']['srcc']:.3f}",
+            target_higher_is_better=dataset.higher_is_better,
+        )
+    for row in failed:
+        print(f"qualiclip: failed: {row['error']}", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _print_evaluation(report: dict[str, Any]) -> None:
+    splits = report["splits"]
+    intervals = report.get("bootstrap_95", {})
+    print(
+        f"{report['dataset']}: {report['images']} images" + (" (DMOS)" if not report["scores_higher_is_better"] else "")
+    )
+    header = f"split median ({splits['splits']} x {splits['test_fraction']:g})"
+    print(f"{'metric':<15} {'all images':>11} {'95% bootstrap':>17} {header:>26}")
+    for name, value in report["all_images"].items():
+        interval = f"[{intervals[name][0]:.3f}, {intervals[name][1]:.3f}]" if name in intervals else ""
+        print(f"{name:<15} {value:>11.4f} {interval:>17} {splits['median'][name]:>26.4f}")
 
 
 def run_download(args: argparse.Namespace) -> int:
@@ -271,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "workers", 0) < 0:
         print("qualiclip: --workers must be 0 or more", file=sys.stderr)
         return EXIT_USAGE
-    return {"score": run_score, "download": run_download, "info": run_info}[args.command](args)
+    commands = {"score": run_score, "evaluate": run_evaluate, "download": run_download, "info": run_info}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
