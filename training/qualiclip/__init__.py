@@ -1,0 +1,1 @@
+"""Self-supervised QualiCLIP fine-tuning: data, losses (and, later, the training engine)."""
