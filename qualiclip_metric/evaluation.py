@@ -25,6 +25,17 @@ def _arrays(predicted: Sequence[float], target: Sequence[float]) -> tuple[np.nda
     return x, y
 
 
+def _correlation_functions() -> dict[str, object]:
+    """SRCC, KRCC and PLCC as functions of (predicted, target)."""
+    from scipy import stats
+
+    return {
+        "srcc": lambda a, b: float(stats.spearmanr(a, b).statistic),
+        "krcc": lambda a, b: float(stats.kendalltau(a, b).statistic),
+        "plcc": lambda a, b: float(stats.pearsonr(a, b).statistic),
+    }
+
+
 def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
     """VQEG's 4-parameter logistic: from ``b2`` (low predictions) to ``b1`` (high), centre ``b3``, slope ``b4``."""
     with np.errstate(over="ignore"):  # a steep fit saturates exp to inf, which gives the right limit b2
@@ -54,20 +65,14 @@ def correlations(
     For DMOS targets (``target_higher_is_better=False``) the target is negated first, so that a metric
     that agrees with the viewers has positive correlations. RMSE is in the units of the target.
     """
-    from scipy import stats
-
     x, y = _arrays(predicted, target)
-    sign = 1.0 if target_higher_is_better else -1.0
-    y_oriented = sign * y
-    params = fit_logistic(x, y_oriented)
-    mapped = logistic4(x, *params)
-    return {
-        "srcc": float(stats.spearmanr(x, y_oriented).statistic),
-        "krcc": float(stats.kendalltau(x, y_oriented).statistic),
-        "plcc": float(stats.pearsonr(x, y_oriented).statistic),
-        "plcc_logistic": float(stats.pearsonr(mapped, y_oriented).statistic),
-        "rmse_logistic": float(np.sqrt(np.mean((mapped - y_oriented) ** 2))),
-    }
+    y_oriented = y if target_higher_is_better else -y
+    mapped = logistic4(x, *fit_logistic(x, y_oriented))
+    functions = _correlation_functions()
+    result = {name: function(x, y_oriented) for name, function in functions.items()}
+    result["plcc_logistic"] = functions["plcc"](mapped, y_oriented)
+    result["rmse_logistic"] = float(np.sqrt(np.mean((mapped - y_oriented) ** 2)))
+    return result
 
 
 def bootstrap_intervals(
@@ -81,15 +86,9 @@ def bootstrap_intervals(
     metrics: Sequence[str] = ("srcc", "krcc", "plcc"),
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap confidence intervals (images resampled with replacement)."""
-    from scipy import stats
-
     x, y = _arrays(predicted, target)
     y = y if target_higher_is_better else -y
-    functions = {
-        "srcc": lambda a, b: stats.spearmanr(a, b).statistic,
-        "krcc": lambda a, b: stats.kendalltau(a, b).statistic,
-        "plcc": lambda a, b: stats.pearsonr(a, b).statistic,
-    }
+    functions = _correlation_functions()
     unknown = set(metrics) - set(functions)
     if unknown:
         raise ValueError(f"bootstrap supports {sorted(functions)}, not {sorted(unknown)}")
@@ -100,7 +99,7 @@ def bootstrap_intervals(
         if np.ptp(x[index]) == 0 or np.ptp(y[index]) == 0:
             continue  # a resample without spread has no correlation
         for name in metrics:
-            values[name].append(float(functions[name](x[index], y[index])))
+            values[name].append(functions[name](x[index], y[index]))
     tail = (1.0 - confidence) / 2 * 100
     return {name: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for name, v in values.items()}
 
