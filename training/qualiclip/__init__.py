@@ -1,1 +1,1 @@
-"""Self-supervised QualiCLIP fine-tuning: data, losses (and, later, the training engine)."""
+"""Self-supervised QualiCLIP fine-tuning: training data and losses."""

@@ -14,7 +14,8 @@ crop ``c`` of image ``k`` at level ``i`` to the positive and the negative prompt
 - ``L = w_cons L_cons + w_pos L_pos + w_neg L_neg``.
 
 The paper publishes the three losses but not their margins or weights; the defaults of
-:class:`QualiCLIPLossConfig` are this project's choices (see ``docs/training.md`` once the trainer exists).
+:class:`QualiCLIPLossConfig` are this project's choices: a zero consistency margin (the two crops should
+agree exactly) and ranking margins of 0.05 in cosine similarity, all of it configuration.
 """
 
 from __future__ import annotations
