@@ -95,8 +95,8 @@ def test_default_path_needs_no_text_tower(official_pth, tmp_path, model):
         QualiCLIP.from_pretrained(layout, prompts=[("good", "bad")])
 
 
-def test_huge_token_count_uses_linear_memory(model):
-    # 1024 x 1024 gives 1024 tokens; a full attention matrix over them is avoided by design.
+def test_large_image_scores_are_finite(model):
+    # 1024 x 1024 gives 1024 tokens to the attention pool; memory is measured in benchmarks, not here.
     images = make_images(1, 1024, 1024, seed=6)
     with torch.no_grad():
         assert torch.isfinite(model(images)).all()
