@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from qualiclip_metric.config import (
@@ -122,6 +123,8 @@ class QualiCLIP(nn.Module):
         #: Multiplies cosine similarities before the softmax: 100 in the official scorer; pyiqa uses
         #: exp(logit_scale) from the checkpoint instead.
         self.score_logit_scale = self.config.score_logit_scale
+        #: Recompute the residual stages in the backward pass instead of storing their activations.
+        self.grad_checkpointing = False
         self.eval()
         self.requires_grad_(False)
 
@@ -156,6 +159,10 @@ class QualiCLIP(nn.Module):
     def device(self) -> torch.device:
         return self.prompts_features.device
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory when differentiating (losses on large images, training)."""
+        self.grad_checkpointing = enable
+
     def extra_repr(self) -> str:
         return f"pairs={len(self.prompt_pairs)}, temperature={self.temperature}, precision={self.precision!r}"
 
@@ -181,7 +188,11 @@ class QualiCLIP(nn.Module):
         with self._compute_context(x.device.type):
             x = x.to(self.visual.conv1.weight.dtype) if not torch.is_autocast_enabled(x.device.type) else x
             x = self.visual.stem(x)
-            x = self.visual.layer4(self.visual.layer3(self.visual.layer2(self.visual.layer1(x))))
+            for stage in (self.visual.layer1, self.visual.layer2, self.visual.layer3, self.visual.layer4):
+                if self.grad_checkpointing and torch.is_grad_enabled():
+                    x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+                else:
+                    x = stage(x)
             features = attention_pool(self.visual.attnpool, x)
         return F.normalize(features.float(), dim=-1)
 

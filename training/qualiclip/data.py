@@ -122,9 +122,11 @@ class CropPairDataset(Dataset):
             image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0].clamp(0, 1)
         return image
 
-    def __getitem__(self, index: int) -> dict[str, object]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, object]:
+        """``dataset[index]`` in the current epoch, or ``dataset[epoch, index]`` (what the training engine asks)."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         config = self.config
-        generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch, index))
+        generator = torch.Generator().manual_seed(_seed(self.seed, epoch, index))
         image = self._pristine(index)
         size = config.crop_size
         corners = sample_overlapping_crops(*image.shape[-2:], size, config.min_overlap, config.max_overlap, generator)
@@ -148,3 +150,8 @@ class CropPairDataset(Dataset):
             "levels": config.level_indices,
             "boxes": tuple((top, left, size, size) for top, left in corners),
         }
+
+
+def collate_crop_pairs(items: list[dict[str, object]]) -> torch.Tensor:
+    """The images of a list of items as one (B, 2, L, 3, S, S) batch."""
+    return torch.stack([item["images"] for item in items])

@@ -1,0 +1,226 @@
+"""The shared training engine and configuration, exercised through the QualiCLIP trainer.
+
+Real runs at 64 x 64 on the Kodak crops in ``tests/data``: in-process where that is enough, and as
+subprocesses (the module entry point, and ``torchrun`` with two gloo processes) where the process
+boundary is the point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from qualiclip_metric import QualiCLIP
+from training import config as config_io
+from training.engine import (
+    Distributed,
+    EngineConfig,
+    StepBatchSampler,
+    Trainer,
+    checkpoint_paths,
+    learning_rate_factor,
+    load_training_state,
+    read_metrics,
+)
+from training.qualiclip.task import LAYOUT_DIR, OFFICIAL_FILE, QualiCLIPTask, QualiCLIPTrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+SMOKE = ROOT / "training" / "qualiclip" / "configs" / "smoke.yaml"
+PAPER = ROOT / "training" / "qualiclip" / "configs" / "paper.yaml"
+
+
+def small_config(output: Path, *overrides: str) -> QualiCLIPTrainConfig:
+    base = [f"engine.output_dir={output}", "engine.progress=false", f"data.images={DATA}"]
+    return config_io.load(QualiCLIPTrainConfig, SMOKE, [*base, *overrides])
+
+
+def run_module(module: str, *args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [*(launcher or [sys.executable, "-m"]), module, *args]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def final_model_state(output: Path) -> dict[str, torch.Tensor]:
+    return load_training_state(checkpoint_paths(output / "checkpoints")[-1])["model"]
+
+
+# -- configuration ------------------------------------------------------------------------------------
+
+
+def test_configs_load_and_overrides_apply(tmp_path):
+    paper = config_io.load(QualiCLIPTrainConfig, PAPER)
+    assert paper.model.init == "openai" and paper.data.crops.levels == 5 and len(paper.model.prompt_pairs) == 7
+    assert paper.engine.optimizer == "adamw" and paper.engine.schedule == "cosine"
+    smoke = small_config(tmp_path, "engine.lr=3e-4", "data.crops.distortions=[jpeg]", "validation.iqa_max_size=null")
+    assert smoke.engine.lr == 3e-4 and smoke.data.crops.distortions == ("jpeg",)
+    # The resolved configuration survives a YAML round trip unchanged.
+    path = tmp_path / "resolved.yaml"
+    config_io.dump(smoke, path)
+    assert config_io.load(QualiCLIPTrainConfig, path) == smoke
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("engine.stepz=3", "unknown key engine.stepz"),
+        ("engine.steps=three", "engine.steps: expected an integer"),
+        ("engine.precision=fp8", "engine.precision: must be one of"),
+        ("data.crops.levels=9", "levels must be in 2..5"),
+        ("engine.batch_size=0", "batch_size must be at least 1"),
+        ("engine", "not of the form key.sub=value"),
+    ],
+)
+def test_bad_configuration_names_the_key(tmp_path, override, message):
+    with pytest.raises(config_io.ConfigError, match=message):
+        small_config(tmp_path, override)
+
+
+# -- schedule and data order ----------------------------------------------------------------------------
+
+
+def test_learning_rate_warms_up_then_decays():
+    config = EngineConfig(steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    factors = [learning_rate_factor(config, step) for step in range(110)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert factors[-1] == pytest.approx(0.1, abs=1e-3)
+    step = EngineConfig(schedule="step", lr_step_size=5, lr_gamma=0.5)
+    assert [learning_rate_factor(step, s) for s in (0, 4, 5, 12)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_ranks_split_the_same_global_batches():
+    one = StepBatchSampler(10, 4, 0, 6, seed=3, setup=Distributed())
+    ranks = [StepBatchSampler(10, 4, 0, 6, seed=3, setup=Distributed(rank, 2)) for rank in (0, 1)]
+    for whole, first, second in zip(one, *ranks, strict=True):
+        assert first + second == whole
+    # An epoch (two steps of 4 out of 10 items) visits distinct items, and epochs differ in order.
+    steps = list(one)
+    assert len({index for _, index in steps[0] + steps[1]}) == 8
+    assert [epoch for epoch, _ in steps[2]] == [1] * 4 and steps[0] != steps[2]
+    resumed = StepBatchSampler(10, 4, 3, 6, seed=3, setup=Distributed())
+    assert list(resumed) == steps[3:]
+    with pytest.raises(ValueError, match="not divisible"):
+        StepBatchSampler(10, 3, 0, 1, seed=0, setup=Distributed(0, 2))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        StepBatchSampler(2, 4, 0, 1, seed=0, setup=Distributed())
+
+
+# -- training --------------------------------------------------------------------------------------------
+
+
+class FixedBatchTask(QualiCLIPTask):
+    """The same items in every epoch: one fixed batch, for an optimisation check."""
+
+    def build_dataset(self):
+        dataset = super().build_dataset()
+        return _SameEveryEpoch(dataset)
+
+
+class _SameEveryEpoch(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, key):
+        return self.dataset[0, key[1]]
+
+
+def test_loss_is_finite_and_falls_on_a_fixed_batch(tmp_path):
+    config = small_config(
+        tmp_path, "engine.steps=10", "engine.lr=2e-5", "engine.warmup_steps=2", "engine.schedule=constant"
+    )
+    config = replace(config, engine=replace(config.engine, checkpoint_every=100, validate_every=0))
+    trainer = Trainer(FixedBatchTask(config), config.engine, config)
+    trainer.fit()
+    losses = [row["loss"] for row in read_metrics(tmp_path / "metrics.jsonl") if row["split"] == "train"]
+    assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) / 3 < 0.85 * losses[0], losses
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    # Frozen statistics: the recomputed forward pass must not update BatchNorm a second time.
+    task = QualiCLIPTask(small_config(tmp_path, "model.batchnorm=frozen"))
+    batch = task.collate([task.build_dataset()[0, index] for index in range(2)])
+    gradients = []
+    for checkpointing in (False, True):
+        model = task.build_model()
+        model.set_grad_checkpointing(checkpointing)
+        model.train()
+        model(batch)["loss"].backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(gradients[0], gradients[1], rtol=1e-4, atol=1e-7)
+
+
+def test_run_exports_both_layouts_with_identical_scores(tmp_path):
+    config = small_config(tmp_path, "engine.steps=2")
+    task = QualiCLIPTask(config)
+    trainer = Trainer(task, config.engine, config)
+    summary = trainer.fit()
+    assert summary["step"] == 2
+    assert -1 <= summary["validation"]["synthetic_srcc"] <= 1
+    images = torch.rand(3, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    trained = trainer.model.scorer
+    with torch.no_grad():
+        expected = trained.eval()(images)
+    for source in (tmp_path / "export" / LAYOUT_DIR, tmp_path / "export" / OFFICIAL_FILE):
+        loaded = QualiCLIP.from_pretrained(source)
+        assert torch.equal(loaded(images), expected), source
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["engine"]["steps"] == 2 and saved["model"]["init"] == "random"
+    provenance = json.loads((tmp_path / "export" / LAYOUT_DIR / "config.json").read_text())["provenance"]
+    assert provenance["trained_with"] == "training.qualiclip" and provenance["config"]["engine"]["steps"] == 2
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    common = ["--config", str(SMOKE), f"data.images={DATA}", "engine.progress=false", "engine.steps=4"]
+    common += ["engine.checkpoint_every=2", "engine.num_workers=1"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    run_module("training.qualiclip", *common, f"engine.output_dir={straight}")
+    first = run_module("training.qualiclip", *common, f"engine.output_dir={interrupted}", "engine.stop_at_step=2")
+    assert json.loads(first.stdout)["step"] == 2 and not (interrupted / "export").exists()
+    second = run_module("training.qualiclip", *common, f"engine.output_dir={interrupted}")
+    summary = json.loads(second.stdout)
+    assert summary["start_step"] == 2 and summary["resumed_from"].endswith("step_00000002.pt")
+    expected, resumed = final_model_state(straight), final_model_state(interrupted)
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+    # The resumed run's metrics continue where the first one stopped.
+    steps = [row["step"] for row in read_metrics(interrupted / "metrics.jsonl") if row["split"] == "train"]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_two_gloo_processes_make_the_same_update_as_one(tmp_path):
+    # Frozen BatchNorm (as in fine-tuning): every rank normalises alike, so the global batch defines the step.
+    common = ["--config", str(SMOKE), f"data.images={DATA}", "engine.progress=false", "engine.steps=2"]
+    common += ["engine.batch_size=4", "engine.optimizer=sgd", "engine.lr=0.05", "engine.momentum=0.0"]
+    common += ["engine.schedule=constant", "model.batchnorm=frozen", "validation.holdout=0", "engine.num_workers=0"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    run_module("training.qualiclip", *common, f"engine.output_dir={ddp}", launcher=torchrun)
+    run_module("training.qualiclip", *common, f"engine.output_dir={single}")
+    saved = load_training_state(checkpoint_paths(ddp / "checkpoints")[-1])
+    assert saved["world_size"] == 2 and len(saved["rng"]) == 2
+    initial = QualiCLIPTask(small_config(tmp_path, "model.batchnorm=frozen", "validation.holdout=0")).build_model()
+    start = initial.state_dict()
+    one, two = final_model_state(single), final_model_state(ddp)
+    moved = 0
+    for key, value in start.items():
+        update_one, update_two = one[key] - value, two[key] - value
+        if update_one.abs().max() > 0:
+            moved += 1
+        assert torch.allclose(update_one, update_two, rtol=1e-3, atol=1e-6), key
+    assert moved > 100  # the step changed most of the image tower

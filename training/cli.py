@@ -1,0 +1,50 @@
+"""The command line every trainer shares: a YAML config, dotted overrides, train or only validate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from training import config as config_io
+
+
+def main(config_class: type, task_class: Callable[[Any], Any], *, prog: str, argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train (the same command under torchrun for several processes), or only validate.",
+        epilog="Overrides set single values, e.g. engine.steps=100 data.crops.crop_size=128 (values are YAML).",
+    )
+    parser.add_argument("--config", type=Path, help="YAML configuration (defaults for anything it leaves out)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides")
+    parser.add_argument(
+        "--eval-only", action="store_true", help="validate the model as model.init describes it, without training"
+    )
+    parser.add_argument("--output", type=Path, help="also write the summary (or the validation) as JSON")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    args = parser.parse_args(argv)
+    try:
+        config = config_io.load(config_class, args.config, args.overrides)
+    except config_io.ConfigError as err:
+        parser.error(str(err))
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config_io.to_dict(config), sort_keys=False), end="")
+        return 0
+    from training.engine import Trainer
+
+    task = task_class(config)
+    trainer = Trainer(task, config.engine, config)
+    try:
+        result = trainer.evaluate() if args.eval_only else trainer.fit()
+    finally:
+        trainer.close()
+    if trainer.setup.is_main:
+        text = json.dumps(result, indent=2, default=str)
+        print(text)
+        if args.output is not None:
+            args.output.write_text(text + "\n", encoding="utf-8")
+    return 0
