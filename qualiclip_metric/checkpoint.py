@@ -32,8 +32,9 @@ CONFIG_FILE = "config.json"
 OFFICIAL_PREFIX = "clip_model."
 IMAGE_KEYS = ("prompts_features", "logit_scale")
 TEXT_PREFIXES = ("transformer.", "token_embedding.", "ln_final.", "positional_embedding", "text_projection")
-#: Non-tensor entries of OpenAI's CLIP state dicts that carry no weights.
-IGNORED_KEYS = frozenset({"input_resolution", "context_length", "vocab_size"})
+#: Entries of CLIP state dicts that carry no weights: OpenAI's non-tensor settings, and the text tower's
+#: constant causal mask, which TorchScript archives and some exports save as a buffer.
+IGNORED_KEYS = frozenset({"input_resolution", "context_length", "vocab_size", "attn_mask"})
 OFFICIAL_URL = "https://github.com/miccunifi/QualiCLIP/releases/download/weights/qualiclip.pth"
 
 StateDict = dict[str, Tensor]

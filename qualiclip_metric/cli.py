@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plot", type=Path, help="save a scatter plot with the fitted logistic (needs matplotlib)")
     evaluate.add_argument("--output", "-o", type=Path, help="write the full report as JSON")
     evaluate.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    evaluate.add_argument(
+        "--predictions",
+        type=Path,
+        help="evaluate the scores in this CSV (path,score[,error], as `qualiclip score` writes) instead of QualiCLIP's",
+    )
     _scoring_arguments(evaluate)
 
     download = commands.add_parser("download", help="fetch weights into the local cache")
@@ -255,7 +260,6 @@ def run_score(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
-    from tqdm import tqdm
 
     from qualiclip_metric.datasets import read_csv_dataset
     from qualiclip_metric.evaluation import bootstrap_intervals, correlations, split_protocol
@@ -265,17 +269,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"qualiclip: {err}", file=sys.stderr)
         return EXIT_USAGE
-    model = _load_model(args)
-    if isinstance(model, int):
-        return model
-    progress = tqdm(total=len(dataset), unit="img", file=sys.stderr, disable=True if args.quiet else None)
-    rows, failed = [], []
-    for result, target in zip(_score_paths(args, model, dataset.paths), dataset.scores, strict=True):
-        progress.update()
-        (rows if result.ok else failed).append({"path": result.path, "score": result.score, "mos": float(target)})
-        if not result.ok:
-            failed[-1]["error"] = result.error
-    progress.close()
+    if args.predictions is not None:
+        try:
+            rows, failed = _read_predictions(args.predictions, dataset)
+        except (OSError, ValueError) as err:
+            print(f"qualiclip: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        source = f"predictions {args.predictions}"
+    else:
+        model = _load_model(args)
+        if isinstance(model, int):
+            return model
+        rows, failed = _score_dataset(args, model, dataset)
+        source = model.source
     if len(rows) < 3:
         print(f"qualiclip: only {len(rows)} images could be scored; need at least 3", file=sys.stderr)
         return EXIT_SOME_FAILED
@@ -290,7 +296,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "dataset": dataset.name,
         "images": len(rows),
         "scores_higher_is_better": dataset.higher_is_better,
-        "weights": model.source,
+        "weights": source,
         "all_images": correlations(predicted, target, **orientation),
         "splits": split_protocol(
             predicted,
@@ -324,6 +330,49 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for row in failed:
         print(f"qualiclip: failed: {row['error']}", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _score_dataset(args: argparse.Namespace, model: Any, dataset: Any) -> tuple[list[dict], list[dict]]:
+    """Rows ``{path, score, mos}`` of the images scored and ``{..., error}`` of those that failed."""
+    from tqdm import tqdm
+
+    progress = tqdm(total=len(dataset), unit="img", file=sys.stderr, disable=True if args.quiet else None)
+    rows, failed = [], []
+    for result, target in zip(_score_paths(args, model, dataset.paths), dataset.scores, strict=True):
+        progress.update()
+        row = {"path": result.path, "score": result.score, "mos": float(target)}
+        (rows if result.ok else failed).append(row if result.ok else {**row, "error": result.error})
+    progress.close()
+    return rows, failed
+
+
+def _read_predictions(path: Path, dataset: Any) -> tuple[list[dict], list[dict]]:
+    """Match a ``path,score[,error]`` CSV to the dataset's images, by full path or else by file name."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"path", "score"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: needs the columns path and score (as `qualiclip score` writes them)")
+        entries = list(reader)
+    by_path = {str(Path(entry["path"])): entry for entry in entries}
+    by_name: dict[str, list[dict]] = {}
+    for entry in entries:
+        by_name.setdefault(Path(entry["path"]).name, []).append(entry)
+    rows, failed = [], []
+    for image, target in zip(dataset.paths, dataset.scores, strict=True):
+        entry = by_path.get(str(image))
+        if entry is None and len(by_name.get(image.name, [])) == 1:
+            entry = by_name[image.name][0]
+        row = {"path": str(image), "score": None, "mos": float(target)}
+        if entry is None:
+            failed.append({**row, "error": f"no prediction in {path}"})
+        elif entry.get("error") or not entry["score"]:
+            failed.append({**row, "error": entry.get("error") or "empty score"})
+        else:
+            try:
+                rows.append({**row, "score": float(entry["score"])})
+            except ValueError:
+                failed.append({**row, "error": f"score {entry['score']!r} is not a number"})
+    return rows, failed
 
 
 def _print_evaluation(report: dict[str, Any]) -> None:

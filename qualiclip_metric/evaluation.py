@@ -48,6 +48,8 @@ def fit_logistic(predicted: Sequence[float], target: Sequence[float]) -> np.ndar
 
     x, y = _arrays(predicted, target)
     start = [y.max(), y.min(), float(np.median(x)), float(x.std()) or 1.0]
+    if x.size <= len(start):  # no more points than parameters: nothing to fit, keep the starting curve
+        return np.asarray(start, dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -191,3 +191,40 @@ def test_evaluate_command_writes_report_and_plot(official_pth, tmp_path):
     assert set(report["all_images"]) == {"srcc", "krcc", "plcc", "plcc_logistic", "rmse_logistic"}
     assert len(report["splits"]["per_split"]) == 3 and set(report["bootstrap_95"]) == {"srcc", "krcc", "plcc"}
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_command_reads_predictions_of_another_scorer(tmp_path):
+    names = [f"{i}.png" for i in range(10)]
+    write_images(tmp_path / "images", names)
+    mos = [10 + 7 * i for i in range(10)]
+    scores = write_csv(tmp_path / "mos.csv", ["image", "mos"], [[n, m] for n, m in zip(names, mos, strict=True)])
+    # Another scorer's CSV: rows in another order, paths from elsewhere (matched by file name), one failure,
+    # one image missing. Its scores rank the images exactly as the MOS except for one swap.
+    predicted = {n: float(i) for i, n in enumerate(names)}
+    predicted["3.png"], predicted["4.png"] = 4.0, 3.0
+    rows = [[f"/elsewhere/{n}", predicted[n], 8, 8, ""] for n in reversed(names[:8])]
+    rows.append([f"/elsewhere/{names[8]}", "", "", "", "cannot identify image file"])
+    predictions = write_csv(tmp_path / "pred.csv", ["path", "score", "width", "height", "error"], rows)
+    script = Path(sys.executable).with_name("qualiclip")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "qualiclip_metric"]
+    command += ["evaluate", "--images", str(tmp_path / "images"), "--scores", str(scores), "--bootstrap", "0"]
+    command += ["--output", str(tmp_path / "report.json"), "--predictions", str(predictions)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1, result.stderr  # some images have no usable score
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["images"] == 8 and report["weights"] == f"predictions {predictions}"
+    errors = sorted(row["error"] for row in report["failed"])
+    assert errors == ["cannot identify image file", f"no prediction in {predictions}"]
+    # SRCC of 0..7 against itself with one adjacent swap: 1 - 6 * 2 / (8 * 63).
+    assert report["all_images"]["srcc"] == pytest.approx(1 - 12 / 504)
+    bad = write_csv(tmp_path / "bad.csv", ["file", "value"], [["a", 1]])
+    result = subprocess.run(command[:-1] + [str(bad)], capture_output=True, text=True)
+    assert result.returncode == 2 and "needs the columns path and score" in result.stderr
+
+
+def test_logistic_fit_with_as_few_points_as_parameters_keeps_the_starting_curve():
+    from qualiclip_metric.evaluation import correlations, fit_logistic
+
+    x, y = [0.1, 0.5, 0.9], [10.0, 40.0, 30.0]
+    assert fit_logistic(x, y).tolist() == [40.0, 10.0, 0.5, pytest.approx(np.std(x))]
+    assert correlations(x, y)["srcc"] == pytest.approx(0.5)

@@ -136,3 +136,43 @@ def test_composed_distortions_come_from_distinct_groups():
         dataset.set_epoch(index_seed)
         names = dataset[0]["distortions"]
         assert len(names) == 3 and len({DISTORTIONS[n].group for n in names}) == 3
+
+
+# -- where the weights start ------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_every_local_starting_point_gives_the_same_scorer(clip_parts, official_pth, model, tmp_path):
+    """OpenAI's TorchScript archive, an open_clip safetensors state dict and a QualiCLIP .pth start alike."""
+    import logging
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    from training.qualiclip.model import ModelConfig, build_scorer
+
+    clip_state, _ = clip_parts
+    safetensors_path = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in clip_state.items()}, str(safetensors_path))
+    logging.getLogger().setLevel(logging.ERROR)
+    clip = open_clip.create_model("RN50-quickgelu", pretrained=None)
+    clip.load_state_dict(clip_state)
+    archive = torch.jit.trace_module(clip.eval(), {"encode_image": torch.rand(1, 3, 224, 224)})
+    torchscript_path = tmp_path / "RN50.pt"
+    torch.jit.save(archive, str(torchscript_path))
+    del archive, clip
+
+    images = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(5))
+    expected = model(images)  # the library's scorer on the same weights and prompts
+    for path in (torchscript_path, safetensors_path, official_pth):
+        scorer, text_state = build_scorer(ModelConfig(init=str(path)))
+        assert text_state is not None, path
+        assert torch.allclose(scorer(images), expected, atol=1e-6), path
+
+
+def test_openai_start_without_network_says_what_to_do():
+    from qualiclip_metric.errors import CheckpointError
+    from training.qualiclip.model import load_clip_weights
+
+    with pytest.raises(CheckpointError, match="model.init=random"):
+        load_clip_weights("openai")

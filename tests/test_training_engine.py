@@ -224,3 +224,12 @@ def test_two_gloo_processes_make_the_same_update_as_one(tmp_path):
             moved += 1
         assert torch.allclose(update_one, update_two, rtol=1e-3, atol=1e-6), key
     assert moved > 100  # the step changed most of the image tower
+
+
+def test_a_yaml_section_changes_the_parents_defaults(tmp_path):
+    # QualiCLIPTrainConfig's engine section defaults to output_dir runs/qualiclip, not EngineConfig's own.
+    path = tmp_path / "partial.yaml"
+    path.write_text("engine:\n  steps: 7\n")
+    config = config_io.load(QualiCLIPTrainConfig, path)
+    assert config.engine.steps == 7 and config.engine.output_dir == QualiCLIPTrainConfig().engine.output_dir
+    assert config.engine.output_dir != EngineConfig().output_dir

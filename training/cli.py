@@ -23,8 +23,13 @@ def main(config_class: type, task_class: Callable[[Any], Any], *, prog: str, arg
         "--eval-only", action="store_true", help="validate the model as model.init describes it, without training"
     )
     parser.add_argument("--output", type=Path, help="also write the summary (or the validation) as JSON")
+    parser.add_argument(
+        "--export", type=Path, metavar="DIR", help="with --eval-only: also export the model as built (e.g. the start)"
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     args = parser.parse_args(argv)
+    if args.export is not None and not args.eval_only:
+        parser.error("--export goes with --eval-only (a training run exports to engine.output_dir/export)")
     try:
         config = config_io.load(config_class, args.config, args.overrides)
     except config_io.ConfigError as err:
@@ -39,7 +44,7 @@ def main(config_class: type, task_class: Callable[[Any], Any], *, prog: str, arg
     task = task_class(config)
     trainer = Trainer(task, config.engine, config)
     try:
-        result = trainer.evaluate() if args.eval_only else trainer.fit()
+        result = trainer.evaluate(export_to=args.export) if args.eval_only else trainer.fit()
     finally:
         trainer.close()
     if trainer.setup.is_main:

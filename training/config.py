@@ -98,13 +98,33 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - fields)
     if unknown:
         raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + k for k in unknown)}")
-    values = {name: _convert(value, hints[name], prefix + name) for name, value in data.items()}
+    values = {}
+    for name, value in data.items():
+        default = _default(cls, name)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            # A section given in YAML changes its parent's default section, not the section class's defaults.
+            value = _merge(to_dict(default), value)
+        values[name] = _convert(value, hints[name], prefix + name)
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {err}") from err
+
+
+def _default(cls: type, name: str) -> Any:
+    field = cls.__dataclass_fields__[name]
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
 
 
 def to_dict(config: Any) -> dict[str, Any]:

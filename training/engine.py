@@ -457,10 +457,13 @@ class Trainer:
             persistent_workers=False,
         )
 
-    def evaluate(self) -> dict[str, float]:
-        """Validate the task's model as built (``--eval-only``), without training."""
+    def evaluate(self, export_to: Path | None = None) -> dict[str, float]:
+        """Validate the task's model as built (``--eval-only``), without training; optionally export it."""
         self._build()
-        return self.validate()
+        metrics = self.validate()
+        if export_to is not None and self.setup.is_main:
+            self.task.export(self.model, Path(export_to))
+        return metrics
 
     # -- the run --------------------------------------------------------------------------------
 

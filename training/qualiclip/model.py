@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,9 @@ def _quiet_open_clip(pretrained: str | None) -> nn.Module:
 
 def _read_torchscript(path: Path) -> StateDict:
     """OpenAI's own ``RN50.pt`` is a TorchScript archive; its state dict has the usual CLIP names."""
-    archive = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format OpenAI published
+        warnings.simplefilter("ignore", FutureWarning)
+        archive = torch.jit.load(str(path), map_location="cpu")
     return {key: value.float() for key, value in archive.state_dict().items()}
 
 
