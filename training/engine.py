@@ -74,6 +74,10 @@ class EngineConfig:
     #: End this process after this step (for time-limited jobs); a later run resumes from it.
     stop_at_step: int | None = None
     progress: bool = True
+    #: Under DDP on GPUs, turn BatchNorm into SyncBatchNorm (batch statistics over the global batch).
+    sync_batchnorm: bool = True
+    #: Under DDP, copy rank 0's buffers to every rank before each forward (off for large per-rank queues).
+    broadcast_buffers: bool = True
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints", "lr_step_size"):
@@ -479,10 +483,12 @@ class Trainer:
             if self.full_config is not None:
                 config_io.dump(self.full_config, self.output_dir / "config.yaml")
         if self.setup.enabled:
-            if self.device.type == "cuda":  # batch statistics across GPUs; frozen BatchNorm is unaffected
+            if self.device.type == "cuda" and config.sync_batchnorm:  # frozen BatchNorm is unaffected
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=config.broadcast_buffers,
             )
         stop = min(config.steps, config.stop_at_step or config.steps)
         summary: dict[str, Any] = {"resumed_from": str(resume_from) if resume_from else None, "start_step": self.step}
