@@ -1,0 +1,106 @@
+"""Re-IQA's quality-aware encoder training (modified MoCo-v2) as a :class:`training.engine.Task`.
+
+``engine.batch_size`` counts chunks (pristine images); each chunk holds ``data.chunk.pairs_per_item``
+query/key pairs, so one step encodes ``batch_size * pairs_per_item`` queries and as many keys.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from qualiclip_metric.inputs import collect_image_files
+from training import config as config_io
+from training.engine import EngineConfig, decay_groups
+from training.reiqa.data import ChunkConfig, ChunkDataset, collate_chunks
+from training.reiqa.features import ENCODER_CONFIG, ENCODER_FILE, HEAD_FILE
+from training.reiqa.model import MoCoConfig, QualityMoCo
+from training.validation import split_holdout
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    #: A folder tree of training images (KADIS-700k pristine images plus authentic sets in the paper).
+    images: str = "data/pristine"
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    #: Images kept out of training; validation reports InfoNCE and positive-first accuracy on their chunks
+    #: against the current queue (epoch 0 crops, so the figure is comparable across steps).
+    holdout: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ReIQATrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: MoCoConfig = field(default_factory=MoCoConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(output_dir="runs/reiqa"))
+
+
+class ReIQATask:
+    def __init__(self, config: ReIQATrainConfig) -> None:
+        self.config = config
+        files = collect_image_files([config.data.images], recursive=True)
+        if not files:
+            raise ValueError(f"data.images: no image files in {config.data.images}")
+        self.train_files, self.holdout_files = split_holdout(files, config.validation.holdout, config.validation.seed)
+        if not self.train_files:
+            raise ValueError(f"data.images: all {len(files)} images are held out; lower validation.holdout")
+
+    def build_model(self) -> QualityMoCo:
+        return QualityMoCo(self.config.model, seed=self.config.engine.seed)
+
+    def build_dataset(self) -> ChunkDataset:
+        return ChunkDataset(self.train_files, self.config.data.chunk, seed=self.config.data.seed)
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return collate_chunks(items)
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        return decay_groups(model)
+
+    def validate(self, model: QualityMoCo) -> dict[str, float]:
+        """InfoNCE and accuracy of held-out chunks in eval mode (no queue or key-encoder update)."""
+        if not self.holdout_files:
+            return {}
+        dataset = ChunkDataset(self.holdout_files, self.config.data.chunk, seed=self.config.data.seed + 1)
+        device = next(model.parameters()).device
+        losses, accuracies = [], []
+        for index in range(len(dataset)):
+            batch = collate_chunks([dataset[0, index]])
+            result = model({key: value.to(device) for key, value in batch.items()})
+            losses.append(float(result["loss"]))
+            accuracies.append(float(result["accuracy"]))
+        return {"info_nce": sum(losses) / len(losses), "accuracy": sum(accuracies) / len(accuracies)}
+
+    def export(self, model: QualityMoCo, directory: Path) -> None:
+        """The query trunk in torchvision key names (``quality_encoder.safetensors``), its head, and a JSON config."""
+        export_encoder(model, directory, {"trained_with": "training.reiqa", "config": config_io.to_dict(self.config)})
+
+
+def export_encoder(model: QualityMoCo, directory: Path, metadata: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    trunk = {name: tensor.detach().cpu().contiguous() for name, tensor in model.trunk.state_dict().items()}
+    head = {name: tensor.detach().cpu().contiguous() for name, tensor in model.head.state_dict().items()}
+    save_file(trunk, str(directory / ENCODER_FILE), metadata={"arch": model.config.arch})
+    save_file(head, str(directory / HEAD_FILE))
+    record = {
+        "arch": model.config.arch,
+        "feature_dim": model.trunk.feature_dim,
+        "embedding_dim": model.config.embedding_dim,
+        "hidden_dim": model.config.hidden_dim,
+        "input": "RGB in [0, 1]; ImageNet mean/std normalisation is applied inside the trunk",
+        **metadata,
+    }
+    (directory / ENCODER_CONFIG).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
