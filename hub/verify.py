@@ -5,7 +5,7 @@
 REFERENCE and CANDIDATE are any weights sources (``hf-hub:ORG/REPO@REV``, a layout folder, a
 ``.safetensors`` or ``.pth`` file). Reports tensor differences, score agreement on an image folder (or
 generated images), and, given an ``image,mos`` CSV, each checkpoint's SRCC/PLCC against the MOS.
-Exit code 0 when every score agrees within the tolerance, 1 otherwise.
+Exit code 0 when every score agrees within the tolerance, 1 otherwise, 2 when a checkpoint cannot be loaded.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from hub.compare import correlations, probe_images, read_mos, score_all
-from qualiclip_metric import QualiCLIP
+from qualiclip_metric import CheckpointError, QualiCLIP, WeightsNotFoundError
 from qualiclip_metric.checkpoint import StateDict
 from qualiclip_metric.weights import load_checkpoint
 
@@ -90,7 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.scores is not None and args.images is None:
         parser.error("--scores needs --images")
-    report = verify(args.reference, args.candidate, images=args.images, scores=args.scores, tolerance=args.tolerance)
+    try:
+        report = verify(
+            args.reference, args.candidate, images=args.images, scores=args.scores, tolerance=args.tolerance
+        )
+    except (CheckpointError, WeightsNotFoundError) as err:
+        print(f"hub.verify: cannot load a checkpoint:\n{err}", file=sys.stderr)
+        return 2
     tensors, scores = report["tensors"], report["scores"]
     print(f"reference: {report['reference']}\ncandidate: {report['candidate']}")
     print(

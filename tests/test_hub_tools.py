@@ -147,3 +147,28 @@ def test_publish_refuses_a_tampered_folder(converted, tmp_path):
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
         publish.publish(copy, "someone/qualiclip", api=hub)
     assert hub.calls == []
+
+
+def test_verify_a_regenerated_checkpoint_against_a_published_one_in_the_hub_cache(converted, official_pth, tmp_path):
+    """The release question: a pinned Hub revision, read from a pre-filled offline cache, against a local file."""
+    import os
+
+    from hubcache import prefill
+
+    commit = "d" * 40
+    files = {name: converted / name for name in ("config.json", "model.safetensors", "text.safetensors")}
+    prefill(tmp_path / "cache", "someone/qualiclip", files, commit)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "hub.verify", f"hf-hub:someone/qualiclip@{commit}", str(official_pth)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "MATCH" in result.stdout and f"snapshots/{commit}" in result.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "hub.verify", "hf-hub:someone/qualiclip@" + "e" * 40, str(official_pth)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert missing.returncode == 2 and "cannot load a checkpoint" in missing.stderr
+    assert "someone/qualiclip" in missing.stderr and "Traceback" not in missing.stderr
