@@ -121,13 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _pick_device(name: str) -> Any:
+def _pick_device(name: str, local_rank: int = 0) -> Any:
+    """The device named, or the best available; "cuda" means this process's GPU under torchrun."""
     import torch
 
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank)
     if name != "auto":
         return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
@@ -167,7 +168,7 @@ def _rows(results: Iterable[Any], pair_names: list[str]) -> Iterable[dict[str, A
         yield row
 
 
-def _load_model(args: argparse.Namespace, prompts: list[list[str]] | None = None) -> Any:
+def _load_model(args: argparse.Namespace, prompts: list[list[str]] | None = None, local_rank: int = 0) -> Any:
     """The model the arguments ask for, or the exit code after printing why it cannot be loaded."""
     from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
     from qualiclip_metric.model import QualiCLIP
@@ -181,7 +182,7 @@ def _load_model(args: argparse.Namespace, prompts: list[list[str]] | None = None
             prompts=prompts,
             temperature=args.temperature,
             precision=args.precision,
-            device=_pick_device(args.device),
+            device=_pick_device(args.device, local_rank),
         )
     except (WeightsNotFoundError, CheckpointError) as err:
         print(f"qualiclip: cannot load weights:\n{err}", file=sys.stderr)
@@ -210,6 +211,7 @@ def _score_paths(args: argparse.Namespace, model: Any, paths: list[Any], per_pai
 def run_score(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from qualiclip_metric.distributed import gather_in_order, init_process_group, ranks_from_environment, shard
     from qualiclip_metric.inputs import collect_image_files
 
     if args.output is not None and args.output.suffix.lower() not in OUTPUT_FORMATS:
@@ -219,17 +221,25 @@ def run_score(args: argparse.Namespace) -> int:
     if not files:
         print("qualiclip: no image files found in " + ", ".join(args.paths), file=sys.stderr)
         return EXIT_USAGE
-    model = _load_model(args, prompts=args.prompt_pair)
+    ranks = ranks_from_environment()
+    model = _load_model(args, prompts=args.prompt_pair, local_rank=ranks.local_rank)
     if isinstance(model, int):
         return model
 
+    start = time.perf_counter()
+    if ranks.enabled:  # under torchrun: each rank scores a shard, rank 0 writes everything in input order
+        init_process_group(ranks, model.device)
+        shard_results = _score_paths(args, model, shard(files, ranks), per_pair=args.per_pair)
+        results = gather_in_order(shard_results, ranks, len(files))
+        if not ranks.is_main:
+            return EXIT_OK
+    else:
+        results = _score_paths(args, model, files, per_pair=args.per_pair)
     pair_names = model.pair_names if args.per_pair else []
     fmt = args.output.suffix.lower() if args.output else ".csv"
     stream = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     writer = _Writer(stream, fmt, ["path", "score", "width", "height", *pair_names, "error"])
-    results = _score_paths(args, model, files, per_pair=args.per_pair)
     scored, failed, total = 0, [], 0.0
-    start = time.perf_counter()
     progress = tqdm(total=len(files), unit="img", file=sys.stderr, disable=True if args.quiet else None)
     try:
         for row in _rows(results, pair_names):

@@ -118,3 +118,25 @@ def test_usage_errors(folder, official_pth, tmp_path):
     assert bad_output.returncode == 2 and "--output" in bad_output.stderr
     assert run(["score", folder, "--batch-size", "0"]).returncode == 2
     assert run([]).returncode == 2
+
+
+def test_score_under_torchrun_merges_the_shards_in_input_order(folder, official_pth, tmp_path):
+    """Two gloo processes: one output with every file once, in input order, with the single-process scores."""
+    single, merged = tmp_path / "single.jsonl", tmp_path / "merged.jsonl"
+    common = ["score", folder, "--weights", official_pth, "--workers", "0", "--quiet", "--per-pair"]
+    assert run([*common, "--output", single]).returncode == 1  # the folder holds corrupt files
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*torchrun, "-m", "qualiclip_metric", *map(str, common), "--output", str(merged)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode != 0  # rank 0 reports the corrupt files, as one process does
+    assert "failed" in result.stderr
+    expected = [json.loads(line) for line in single.read_text().splitlines()]
+    rows = [json.loads(line) for line in merged.read_text().splitlines()]
+    assert [row["path"] for row in rows] == [row["path"] for row in expected]  # no gaps, no repeats, same order
+    assert len(rows) == len(GOOD + BAD) and len({row["path"] for row in rows}) == len(rows)
+    for row, reference in zip(rows, expected, strict=True):
+        assert (row["error"] is None) == (reference["error"] is None), row["path"]
+        if reference["error"] is None:
+            assert row["score"] == pytest.approx(reference["score"], abs=1e-6), row["path"]
+            assert row["Sharp image./Blurry image."] == pytest.approx(reference["Sharp image./Blurry image."], abs=1e-6)
