@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from qualiclip_metric.model import cuda_tf32
 from training import config as config_io
 
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
@@ -236,12 +237,6 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def set_tf32(enabled: bool) -> None:
-    """Allow TF32 in CUDA matmuls and convolutions for the whole run (``precision: tf32``)."""
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -344,14 +339,15 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.log = MetricsLog(self.output_dir / "metrics.jsonl", self.setup.is_main)
+        self._numerics = contextlib.ExitStack()
 
     # -- set-up ---------------------------------------------------------------------------------
 
     def _build(self) -> None:
         config = self.config
         seed_everything(config.seed + self.setup.rank)
-        if self.device.type == "cuda":
-            set_tf32(config.precision == "tf32")
+        if self.device.type == "cuda":  # TF32 only when asked for, through the same switch as the library's
+            self._numerics.enter_context(cuda_tf32(config.precision == "tf32"))
         model = self.task.build_model().to(self.device)
         if config.gradient_checkpointing:
             if not hasattr(model, "set_grad_checkpointing"):
@@ -539,5 +535,6 @@ class Trainer:
         )
 
     def close(self) -> None:
+        self._numerics.close()
         if self.setup.enabled and dist.is_initialized():
             dist.destroy_process_group()
