@@ -19,9 +19,9 @@ import torch
 import yaml
 
 from qualiclip_metric import QualiCLIP
+from qualiclip_metric.distributed import Ranks
 from training import config as config_io
 from training.engine import (
-    Distributed,
     EngineConfig,
     StepBatchSampler,
     Trainer,
@@ -100,20 +100,20 @@ def test_learning_rate_warms_up_then_decays():
 
 
 def test_ranks_split_the_same_global_batches():
-    one = StepBatchSampler(10, 4, 0, 6, seed=3, setup=Distributed())
-    ranks = [StepBatchSampler(10, 4, 0, 6, seed=3, setup=Distributed(rank, 2)) for rank in (0, 1)]
+    one = StepBatchSampler(10, 4, 0, 6, seed=3, setup=Ranks())
+    ranks = [StepBatchSampler(10, 4, 0, 6, seed=3, setup=Ranks(rank, 2)) for rank in (0, 1)]
     for whole, first, second in zip(one, *ranks, strict=True):
         assert first + second == whole
     # An epoch (two steps of 4 out of 10 items) visits distinct items, and epochs differ in order.
     steps = list(one)
     assert len({index for _, index in steps[0] + steps[1]}) == 8
     assert [epoch for epoch, _ in steps[2]] == [1] * 4 and steps[0] != steps[2]
-    resumed = StepBatchSampler(10, 4, 3, 6, seed=3, setup=Distributed())
+    resumed = StepBatchSampler(10, 4, 3, 6, seed=3, setup=Ranks())
     assert list(resumed) == steps[3:]
     with pytest.raises(ValueError, match="not divisible"):
-        StepBatchSampler(10, 3, 0, 1, seed=0, setup=Distributed(0, 2))
+        StepBatchSampler(10, 3, 0, 1, seed=0, setup=Ranks(0, 2))
     with pytest.raises(ValueError, match="fewer than one batch"):
-        StepBatchSampler(2, 4, 0, 1, seed=0, setup=Distributed())
+        StepBatchSampler(2, 4, 0, 1, seed=0, setup=Ranks())
 
 
 # -- training --------------------------------------------------------------------------------------------

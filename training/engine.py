@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from qualiclip_metric.distributed import Ranks, init_process_group, ranks_from_environment
 from qualiclip_metric.model import cuda_tf32
 from training import config as config_io
 
@@ -114,37 +115,20 @@ class Task(Protocol):
 # ------------------------------------------------------------------------------------ distributed setup
 
 
-@dataclass(frozen=True)
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
+def init_distributed(device_name: str) -> tuple[Ranks, torch.device]:
     """Join the process group that ``torchrun`` describes in the environment; pick this rank's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    ranks = ranks_from_environment()
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device_name)
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank, world_size, local_rank), device
+    init_process_group(ranks, device)
+    return ranks, device
 
 
-def barrier(setup: Distributed) -> None:
+def barrier(setup: Ranks) -> None:
     if setup.enabled:
         dist.barrier()
 
@@ -155,9 +139,7 @@ def barrier(setup: Distributed) -> None:
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     """This rank's part of the global batch of every step from ``start`` to ``stop``, as (epoch, index) keys."""
 
-    def __init__(
-        self, dataset_size: int, global_batch: int, start: int, stop: int, seed: int, setup: Distributed
-    ) -> None:
+    def __init__(self, dataset_size: int, global_batch: int, start: int, stop: int, seed: int, setup: Ranks) -> None:
         if global_batch % setup.world_size:
             raise ValueError(f"batch_size {global_batch} is not divisible by the {setup.world_size} processes")
         if dataset_size < global_batch:
@@ -318,7 +300,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def _mean_across_ranks(values: dict[str, float], setup: Distributed, device: torch.device) -> dict[str, float]:
+def _mean_across_ranks(values: dict[str, float], setup: Ranks, device: torch.device) -> dict[str, float]:
     if not setup.enabled:
         return values
     keys = sorted(values)
