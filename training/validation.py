@@ -24,7 +24,7 @@ from torch import Tensor
 
 from qualiclip_metric.datasets import IQADataset, read_csv_dataset
 from qualiclip_metric.evaluation import correlations
-from qualiclip_metric.inputs import load_image, resize_longer_side
+from qualiclip_metric.inputs import collect_image_files, load_image, resize_longer_side
 from training.degradations import NUM_LEVELS, degrade
 
 ScoreFunction = Callable[[Tensor], Tensor]
@@ -59,6 +59,14 @@ class ValidationConfig:
 
 def _stable_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+def pristine_split(images: str, holdout: int, seed: int) -> tuple[list[Path], list[Path]]:
+    """(training files, held-out files) of the image tree ``images``, with a clear error when it has none."""
+    files = collect_image_files([images], recursive=True)
+    if not files:
+        raise ValueError(f"no image files in {images}")
+    return split_holdout(files, holdout, seed)
 
 
 def split_holdout(files: Sequence[Path], count: int, seed: int) -> tuple[list[Path], list[Path]]:

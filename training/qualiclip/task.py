@@ -9,13 +9,12 @@ from typing import Any
 from torch import nn
 
 from qualiclip_metric.checkpoint import write_layout, write_official
-from qualiclip_metric.inputs import collect_image_files
 from training import config as config_io
 from training.engine import EngineConfig, decay_groups
 from training.qualiclip.data import CropPairConfig, CropPairDataset, collate_crop_pairs
 from training.qualiclip.losses import QualiCLIPLossConfig
 from training.qualiclip.model import ModelConfig, QualiCLIPTrainingModule, build_scorer
-from training.validation import ValidationConfig, run_validation, split_holdout
+from training.validation import ValidationConfig, pristine_split, run_validation
 
 #: Names of the exported files inside ``<output_dir>/export``.
 LAYOUT_DIR = "qualiclip-rn50"
@@ -42,10 +41,9 @@ class QualiCLIPTrainConfig:
 class QualiCLIPTask:
     def __init__(self, config: QualiCLIPTrainConfig) -> None:
         self.config = config
-        files = collect_image_files([config.data.images], recursive=True)
-        if not files:
-            raise ValueError(f"data.images: no image files in {config.data.images}")
-        self.train_files, self.holdout_files = split_holdout(files, config.validation.holdout, config.validation.seed)
+        self.train_files, self.holdout_files = pristine_split(
+            config.data.images, config.validation.holdout, config.validation.seed
+        )
 
     def build_model(self) -> QualiCLIPTrainingModule:
         scorer, text_state = build_scorer(self.config.model)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from qualiclip_metric.inputs import collect_image_files, load_image
+from qualiclip_metric.inputs import load_image
 from training.degradations import DISTORTIONS, NUM_LEVELS, degrade
 
 LIVE_DISTORTIONS = ("gaublur", "whitenoise", "jpeg", "jpeg2000")
@@ -223,10 +223,3 @@ class MOSDataset(Dataset):
 
 def collate_mos(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {"images": torch.stack([i["image"] for i in items]), "targets": torch.stack([i["target"] for i in items])}
-
-
-def collect_pristine(images: str) -> list[Path]:
-    files = collect_image_files([images], recursive=True)
-    if not files:
-        raise ValueError(f"no image files in {images}")
-    return files

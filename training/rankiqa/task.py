@@ -24,12 +24,11 @@ from training.rankiqa.data import (
     RankedDataset,
     collate_mos,
     collate_ranked,
-    collect_pristine,
 )
 from training.rankiqa.inference import RankIQA, TestConfig
 from training.rankiqa.losses import Reduction, batch_hinge_loss
 from training.rankiqa.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, RankIQANet, build_model
-from training.validation import ValidationConfig, run_validation, split_holdout
+from training.validation import ValidationConfig, pristine_split, run_validation
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +105,8 @@ class RankIQATask:
         self.config = config
         self.target_mean, self.target_std = 0.0, 1.0
         if config.stage == "rank":
-            files = collect_pristine(config.rank.images)
-            self.train_files, self.holdout_files = split_holdout(
-                files, config.validation.holdout, config.validation.seed
+            self.train_files, self.holdout_files = pristine_split(
+                config.rank.images, config.validation.holdout, config.validation.seed
             )
             return
         dataset = read_csv_dataset(config.mos.images, config.mos.scores)

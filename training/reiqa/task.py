@@ -15,13 +15,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from qualiclip_metric.inputs import collect_image_files
 from training import config as config_io
 from training.engine import EngineConfig, decay_groups
 from training.reiqa.data import ChunkConfig, ChunkDataset, collate_chunks
 from training.reiqa.features import ENCODER_CONFIG, ENCODER_FILE, HEAD_FILE
 from training.reiqa.model import MoCoConfig, QualityMoCo
-from training.validation import split_holdout
+from training.validation import pristine_split
 
 
 @dataclass(frozen=True)
@@ -51,12 +50,9 @@ class ReIQATrainConfig:
 class ReIQATask:
     def __init__(self, config: ReIQATrainConfig) -> None:
         self.config = config
-        files = collect_image_files([config.data.images], recursive=True)
-        if not files:
-            raise ValueError(f"data.images: no image files in {config.data.images}")
-        self.train_files, self.holdout_files = split_holdout(files, config.validation.holdout, config.validation.seed)
-        if not self.train_files:
-            raise ValueError(f"data.images: all {len(files)} images are held out; lower validation.holdout")
+        self.train_files, self.holdout_files = pristine_split(
+            config.data.images, config.validation.holdout, config.validation.seed
+        )
 
     def build_model(self) -> QualityMoCo:
         return QualityMoCo(self.config.model, seed=self.config.engine.seed)
