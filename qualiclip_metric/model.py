@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from qualiclip_metric.backbone import ModifiedResNet
 from qualiclip_metric.config import (
     EMBED_DIM,
     PromptPair,
@@ -63,10 +64,8 @@ def cuda_tf32(enabled: bool) -> Iterator[None]:
 
 
 def build_image_tower() -> nn.Module:
-    """open_clip's RN50 image tower (ModifiedResNet); identical for RN50 and RN50-quickgelu."""
-    from open_clip.modified_resnet import ModifiedResNet
-
-    return ModifiedResNet(layers=[3, 4, 6, 3], output_dim=EMBED_DIM, heads=32, image_size=224, width=64)
+    """CLIP's RN50 image tower (the same for RN50 and RN50-quickgelu), with OpenAI's parameter names."""
+    return ModifiedResNet(output_dim=EMBED_DIM)
 
 
 def attention_pool(pool: nn.Module, x: Tensor) -> Tensor:
@@ -271,7 +270,8 @@ class QualiCLIP(nn.Module):
         config = checkpoint.config
         with torch.device("meta"):
             model = cls(config=config, temperature=temperature or config.temperature, precision=precision)
-        model.to_empty(device="cpu")
+        # Like ``to_empty``, but with plain ``torch.empty``: ``empty_like`` on meta tensors imports sympy (~1 s).
+        model._apply(lambda tensor: torch.empty(tensor.shape, dtype=tensor.dtype))
         model.mean.copy_(torch.tensor(config.mean).view(1, 3, 1, 1))
         model.std.copy_(torch.tensor(config.std).view(1, 3, 1, 1))
         model.load_image_state(checkpoint.image_state, origin=checkpoint.origin)
