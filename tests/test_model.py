@@ -120,3 +120,20 @@ def read_checkpoint_from_model(model):
     from qualiclip_metric.checkpoint import Checkpoint
 
     return Checkpoint(dict(model.state_dict()), None, model.config, origin="in-memory")
+
+
+def test_loading_and_scoring_import_no_heavy_packages(official_pth):
+    """Cold start: neither open_clip (its model zoo) nor sympy (via meta-tensor helpers) is imported to score."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from qualiclip_metric import QualiCLIP\n"
+        f"model = QualiCLIP.from_pretrained({str(official_pth)!r})\n"
+        "model(torch.rand(1, 3, 64, 64))\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & {'open_clip', 'sympy', 'pyiqa', 'matplotlib'}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
