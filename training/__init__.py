@@ -1,1 +1,1 @@
-"""Training-side utilities for QualiCLIP: the synthetic degradation bank used to build quality-ranked pairs."""
+"""Training: the shared engine, the QualiCLIP trainer, the RankIQA and Re-IQA baselines, and the degradation bank."""

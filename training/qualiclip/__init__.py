@@ -1,1 +1,1 @@
-"""Self-supervised QualiCLIP fine-tuning: training data and losses."""
+"""Self-supervised QualiCLIP fine-tuning: crop-pair data, margin ranking losses, the model and the trainer task."""
