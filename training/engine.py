@@ -15,6 +15,7 @@ and ``W`` processes see the same global batch as one process.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -217,6 +218,12 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, the same in every process and Python version (``hash`` is salted)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def seed_everything(seed: int) -> None:

@@ -11,7 +11,6 @@ serve every model family the same way.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from qualiclip_metric.datasets import IQADataset, read_csv_dataset
 from qualiclip_metric.evaluation import correlations
 from qualiclip_metric.inputs import collect_image_files, load_image, resize_longer_side
 from training.degradations import NUM_LEVELS, degrade
+from training.engine import stable_seed
 
 ScoreFunction = Callable[[Tensor], Tensor]
 
@@ -55,10 +55,6 @@ class ValidationConfig:
             raise ValueError("iqa_images and iqa_scores go together")
         if self.holdout < 0 or self.crop_size < 32:
             raise ValueError("holdout must be non-negative and crop_size at least 32")
-
-
-def _stable_seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
 def pristine_split(images: str, holdout: int, seed: int) -> tuple[list[Path], list[Path]]:
@@ -120,7 +116,7 @@ def synthetic_ranking(
         crop = centre_crop(load_image(file), crop_size)[None]
         degraded = []
         for name in distortions:
-            generator = torch.Generator().manual_seed(_stable_seed(seed, image_index, name))
+            generator = torch.Generator().manual_seed(stable_seed(seed, image_index, name))
             degraded.extend(degrade(crop, name, level, generator) for level in levels.tolist())
         values = _scores(score, torch.cat(degraded).to(device), batch_size).numpy()
         for position, name in enumerate(distortions):

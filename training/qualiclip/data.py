@@ -6,7 +6,6 @@ the data it would have seen.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from torch.utils.data import Dataset
 
 from qualiclip_metric.inputs import collect_image_files, load_image
 from training.degradations import DISTORTIONS, GROUPS, NUM_LEVELS, degrade
+from training.engine import stable_seed
 
 #: Distortions whose KADID level tables do not grow in strength level by level (meanshift alternates
 #: sign at equal magnitude; lincontrchange's 0 is already a contrast boost and its levels alternate),
@@ -84,11 +84,6 @@ def sample_overlapping_crops(
     )
 
 
-def _seed(*parts: int) -> int:
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 class CropPairDataset(Dataset):
     """Items ``{"images": (2, L, 3, S, S), "distortions": [...], "levels": (...), "boxes": (...)}``.
 
@@ -126,7 +121,7 @@ class CropPairDataset(Dataset):
         """``dataset[index]`` in the current epoch, or ``dataset[epoch, index]`` (what the training engine asks)."""
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         config = self.config
-        generator = torch.Generator().manual_seed(_seed(self.seed, epoch, index))
+        generator = torch.Generator().manual_seed(stable_seed(self.seed, epoch, index))
         image = self._pristine(index)
         size = config.crop_size
         corners = sample_overlapping_crops(*image.shape[-2:], size, config.min_overlap, config.max_overlap, generator)

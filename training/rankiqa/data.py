@@ -16,7 +16,6 @@ Stage 1 styles (the degradations come from ``training.degradations``, KADID-10k'
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from torch.utils.data import Dataset
 
 from qualiclip_metric.inputs import load_image
 from training.degradations import DISTORTIONS, NUM_LEVELS, degrade
+from training.engine import stable_seed
 
 LIVE_DISTORTIONS = ("gaublur", "whitenoise", "jpeg", "jpeg2000")
 
@@ -107,12 +107,6 @@ class RankDataConfig:
         return self.levels or STYLE_DEFAULTS[self.style][1]
 
 
-def item_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts (stable across processes and Python versions)."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 def fit_crop(image: Tensor, size: int) -> Tensor:
     """``image`` (3, H, W) upscaled (bilinear) so that its shorter side is at least ``size``."""
     shorter = min(image.shape[-2:])
@@ -153,7 +147,7 @@ class RankedDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         file_index, distortion_index = divmod(index, len(self.distortions))
         name = self.distortions[distortion_index]
-        generator = torch.Generator().manual_seed(item_seed(self.seed, epoch, index))
+        generator = torch.Generator().manual_seed(stable_seed(self.seed, epoch, index))
         crop = random_crops(load_image(self.files[file_index]), self.config.crop_size, 1, generator)
         versions = [crop] if self.config.include_pristine else []
         versions.extend(degrade(crop, name, level, generator) for level in self.config.level_indices)
@@ -216,7 +210,7 @@ class MOSDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Tensor]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        generator = torch.Generator().manual_seed(item_seed(self.seed, epoch, index))
+        generator = torch.Generator().manual_seed(stable_seed(self.seed, epoch, index))
         crop = random_crops(load_image(self.paths[index]), self.crop_size, 1, generator)[0]
         return {"image": crop, "target": self.targets[index]}
 

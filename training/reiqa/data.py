@@ -19,7 +19,6 @@ Every item is a function of ``(seed, epoch, index)`` alone, so resumed runs see 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from torch.utils.data import Dataset
 
 from qualiclip_metric.inputs import collect_image_files, load_image
 from training.degradations import DISTORTIONS, NUM_LEVELS, degrade
+from training.engine import stable_seed
 from training.qualiclip.data import sample_overlapping_crops
 
 
@@ -77,12 +77,6 @@ class ChunkConfig:
     def pairs_per_item(self) -> int:
         """Query/key pairs of one chunk: two swapped pairs per version and scale."""
         return 2 * self.versions * len(self.scales)
-
-
-def item_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, stable across processes and Python versions."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def overlap_fraction(first: tuple[int, int], second: tuple[int, int], size: int) -> float:
@@ -130,7 +124,7 @@ class ChunkDataset(Dataset):
         """``dataset[epoch, index]`` (what the engine asks) or ``dataset[index]`` (epoch 0)."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
         config, size = self.config, self.config.crop_size
-        generator = torch.Generator().manual_seed(item_seed(self.seed, epoch, index))
+        generator = torch.Generator().manual_seed(stable_seed(self.seed, epoch, index))
         pristine = load_image(self.files[index])
         names = config.distortion_names
         queries: list[Tensor] = []
