@@ -49,6 +49,16 @@ def _scoring_arguments(parser: argparse.ArgumentParser) -> None:
         default="fp32",
         help="compute precision (default fp32, strict IEEE)",
     )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="inference-only trunk: BatchNorm folded, channels-last, weights in the compute precision",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="like --fast, compiled with torch.compile (tens of seconds per image size; for same-size datasets)",
+    )
     parser.add_argument("--max-size", type=_positive_int, help="downscale images whose longer side exceeds this")
     parser.add_argument("--max-pixels", type=_positive_int, help="refuse larger images (default about 89.5 megapixels)")
     parser.add_argument(
@@ -182,6 +192,8 @@ def _load_model(args: argparse.Namespace, prompts: list[list[str]] | None = None
             prompts=prompts,
             temperature=args.temperature,
             precision=args.precision,
+            fast=args.fast,
+            compiled=args.compile,
             device=_pick_device(args.device, local_rank),
         )
     except (WeightsNotFoundError, CheckpointError) as err:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -103,6 +103,8 @@ class QualiCLIP(nn.Module):
         temperature: float = 1.0,
         precision: Precision = "fp32",
         config: QualiCLIPConfig | None = None,
+        fast: bool = False,
+        compiled: bool = False,
     ) -> None:
         super().__init__()
         self.config = config or QualiCLIPConfig()
@@ -124,6 +126,12 @@ class QualiCLIP(nn.Module):
         self.score_logit_scale = self.config.score_logit_scale
         #: Recompute the residual stages in the backward pass instead of storing their activations.
         self.grad_checkpointing = False
+        #: Score through an inference-only trunk with BatchNorm folded, channels-last and weights in the
+        #: compute dtype (:mod:`qualiclip_metric.fused`); calls that need gradients take the standard path.
+        self.fast = fast
+        #: Like :attr:`fast`, with the trunk compiled by ``torch.compile`` (slow first call per input size).
+        self.compiled = compiled
+        self._fused_cache: tuple[tuple, Callable[[Tensor], Tensor]] | None = None
         self.eval()
         self.requires_grad_(False)
 
@@ -163,19 +171,44 @@ class QualiCLIP(nn.Module):
         self.grad_checkpointing = enable
 
     def extra_repr(self) -> str:
-        return f"pairs={len(self.prompt_pairs)}, temperature={self.temperature}, precision={self.precision!r}"
+        mode = ", compiled" if self.compiled else ", fast" if self.fast else ""
+        return f"pairs={len(self.prompt_pairs)}, temperature={self.temperature}, precision={self.precision!r}{mode}"
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_fused_cache"] = None  # rebuilt on demand; a compiled trunk cannot be copied or pickled
+        return state
 
     # -- scoring -------------------------------------------------------------------------------
 
-    def _compute_context(self, device_type: str) -> contextlib.ExitStack:
+    def _compute_context(self, device_type: str, autocast: bool = True) -> contextlib.ExitStack:
         """The numeric mode of :attr:`precision`; with "fp32", a caller's own autocast stays in force."""
         stack = contextlib.ExitStack()
         if device_type == "cuda":
             stack.enter_context(cuda_tf32(self.precision == "tf32"))
         dtype = PRECISIONS[self.precision]
-        if dtype is not None:
+        if dtype is not None and autocast:
             stack.enter_context(torch.autocast(device_type=device_type, dtype=dtype))
         return stack
+
+    def _fused_trunk(self, x: Tensor) -> Callable[[Tensor], Tensor] | None:
+        """The fast trunk for ``x``, or None where the standard path runs (off, or gradients needed).
+
+        It is rebuilt whenever the device, dtype or any weight of the tower changes.
+        """
+        if not (self.fast or self.compiled):
+            return None
+        tower = self.visual.state_dict(keep_vars=True).values()
+        if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in tower)):
+            return None
+        dtype = PRECISIONS[self.precision] or torch.float32
+        key = (x.device, dtype, self.compiled, tuple(_identity(t) for t in tower))
+        if self._fused_cache is None or self._fused_cache[0] != key:
+            from qualiclip_metric.fused import build_fused_trunk
+
+            self._fused_cache = None  # release the old copy before building the new one
+            self._fused_cache = (key, build_fused_trunk(self.visual, dtype, compile=self.compiled))
+        return self._fused_cache[1]
 
     def image_features(self, images: Tensor, check_range: bool = True) -> Tensor:
         """L2-normalized, quality-aware 1024-d image embeddings, shape (N, 1024).
@@ -184,6 +217,11 @@ class QualiCLIP(nn.Module):
         """
         x = as_image_batch(images, check_range=check_range)
         x = (x.to(self.mean.dtype) - self.mean) / self.std
+        fused = self._fused_trunk(x)
+        if fused is not None:
+            with self._compute_context(x.device.type, autocast=False):
+                features = attention_pool(self.visual.attnpool, fused(x).to(self.mean.dtype))
+            return F.normalize(features.float(), dim=-1)
         with self._compute_context(x.device.type):
             x = x.to(self.visual.conv1.weight.dtype) if not torch.is_autocast_enabled(x.device.type) else x
             x = self.visual.stem(x)
@@ -265,11 +303,19 @@ class QualiCLIP(nn.Module):
         prompts: Sequence[PromptPair] | None = None,
         temperature: float | None = None,
         precision: Precision = "fp32",
+        fast: bool = False,
+        compiled: bool = False,
     ) -> QualiCLIP:
         """Build the model from tensors already read from disk (see :mod:`qualiclip_metric.checkpoint`)."""
         config = checkpoint.config
         with torch.device("meta"):
-            model = cls(config=config, temperature=temperature or config.temperature, precision=precision)
+            model = cls(
+                config=config,
+                temperature=temperature or config.temperature,
+                precision=precision,
+                fast=fast,
+                compiled=compiled,
+            )
         # Like ``to_empty``, but with plain ``torch.empty``: ``empty_like`` on meta tensors imports sympy (~1 s).
         model._apply(lambda tensor: torch.empty(tensor.shape, dtype=tensor.dtype))
         model.mean.copy_(torch.tensor(config.mean).view(1, 3, 1, 1))
@@ -295,6 +341,8 @@ class QualiCLIP(nn.Module):
         prompts: Sequence[PromptPair] | None = None,
         temperature: float | None = None,
         precision: Precision = "fp32",
+        fast: bool = False,
+        compiled: bool = False,
         device: str | torch.device | None = None,
         verify: bool = True,
     ) -> QualiCLIP:
@@ -304,6 +352,7 @@ class QualiCLIP(nn.Module):
         ``"hf-hub:ORG/REPO[@REVISION]"``, a local directory in the Hub layout, a ``.safetensors``
         file, or an official/pyiqa ``.pth``. ``prompts`` replaces the seven antonym pairs and needs
         the text tower. ``verify`` checks the sha256 of every file listed in ``config.json``.
+        ``fast`` and ``compiled`` select the inference-only trunk (see :attr:`fast`).
         """
         from qualiclip_metric.weights import load_checkpoint
 
@@ -315,9 +364,18 @@ class QualiCLIP(nn.Module):
             need_text=prompts is not None,
             verify=verify,
         )
-        model = cls.from_checkpoint(checkpoint, prompts=prompts, temperature=temperature, precision=precision)
+        model = cls.from_checkpoint(
+            checkpoint, prompts=prompts, temperature=temperature, precision=precision, fast=fast, compiled=compiled
+        )
         model.source = checkpoint.origin
         return model.to(device) if device is not None else model
+
+
+def _identity(tensor: Tensor) -> tuple[int, int]:
+    """Storage and in-place-update count: changes whenever the tensor's values may have changed."""
+    if tensor.is_inference():  # inference tensors keep no version counter; they cannot be updated in place either
+        return tensor.data_ptr(), -1
+    return tensor.data_ptr(), tensor._version
 
 
 def _preview(items: list[str], limit: int = 4) -> str:

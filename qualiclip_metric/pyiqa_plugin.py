@@ -50,6 +50,7 @@ class QualiCLIPMetricArch(nn.Module):
         precision: Precision = "fp32",
         prompts: Sequence[PromptPair] | None = None,
         max_size: int | None = None,
+        fast: bool = False,
     ) -> None:
         super().__init__()
         if logit_scale not in ("checkpoint", "fixed"):
@@ -63,6 +64,7 @@ class QualiCLIPMetricArch(nn.Module):
             temperature=temperature,
             precision=precision,
             prompts=prompts,
+            fast=fast,
         )
         if logit_scale == "checkpoint":
             self.model.score_logit_scale = float(self.model.logit_scale.exp())

@@ -26,7 +26,8 @@ class QualiCLIPScore(FrozenNetworkMixin, Metric):
         weights: any source :meth:`QualiCLIP.from_pretrained` accepts, or a loaded :class:`QualiCLIP`.
         data_range: images are floats in ``[0, data_range]`` (uint8 images are always in [0, 255]).
         reduction: ``"mean"`` or ``"sum"`` over all images seen, or ``"none"`` for every score in order.
-        temperature, precision, prompts: options of the model (see :class:`QualiCLIP`).
+        temperature, precision, prompts, fast: options of the model (see :class:`QualiCLIP`); ``fast``
+            serves the updates that need no gradient from the inference-only trunk.
         max_size: downscale images whose longer side is larger (antialiased, differentiable).
         kwargs: options of :class:`torchmetrics.Metric` (``sync_on_compute``, ``compute_on_cpu``, ...).
 
@@ -52,6 +53,7 @@ class QualiCLIPScore(FrozenNetworkMixin, Metric):
         temperature: float | None = None,
         precision: Precision | None = None,
         prompts: Sequence[PromptPair] | None = None,
+        fast: bool | None = None,
         max_size: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -65,7 +67,9 @@ class QualiCLIPScore(FrozenNetworkMixin, Metric):
         self.reduction = reduction
         self.data_range = float(data_range)
         self.max_size = max_size
-        self._hold_network(build_network(weights, temperature=temperature, precision=precision, prompts=prompts))
+        self._hold_network(
+            build_network(weights, temperature=temperature, precision=precision, prompts=prompts, fast=fast)
+        )
         if reduction == "none":
             self.add_state("scores", default=[], dist_reduce_fx="cat")
         else:

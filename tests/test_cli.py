@@ -140,3 +140,14 @@ def test_score_under_torchrun_merges_the_shards_in_input_order(folder, official_
         if reference["error"] is None:
             assert row["score"] == pytest.approx(reference["score"], abs=1e-6), row["path"]
             assert row["Sharp image./Blurry image."] == pytest.approx(reference["Sharp image./Blurry image."], abs=1e-6)
+
+
+def test_fast_scores_agree_with_the_library(folder, official_pth, model, tmp_path):
+    output = tmp_path / "fast.csv"
+    result = run(["score", folder, "--weights", official_pth, "--fast", "--output", output, "--workers", "0", "-q"])
+    assert result.returncode == 1, result.stderr  # the two bad files
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(output.open())}
+    for name in ("rgb.png", "photo.jpg", "gray.png"):
+        with torch.no_grad():
+            expected = model(load_image(folder / name)[None]).item()
+        assert abs(float(rows[name]["score"]) - expected) < 5e-5  # test_fused's fp32 tolerance

@@ -41,6 +41,15 @@ def test_numbers_match_pyiqa_arch(metrics, pyiqa_reference, name, temperature):
     assert (actual - expected).abs().max() <= 1e-5
 
 
+def test_fast_option_through_create_metric(official_pth, pyiqa_reference):
+    metric = pyiqa.create_metric("qualiclip-official", pretrained_model_path=str(official_pth), fast=True)
+    images = make_images(2, 96, 128, seed=81)
+    with torch.no_grad():
+        expected = pyiqa_reference(1.0)(images)
+    assert metric.net.model.fast
+    assert (metric(images) - expected).abs().max() <= 5e-5  # test_fused's fp32 tolerance
+
+
 def test_pyiqa_builtin_stays_reachable(official_pth, clip_parts):
     from unittest import mock
 

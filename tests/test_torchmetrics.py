@@ -51,6 +51,15 @@ def test_loads_weights_from_a_source(official_pth, expected):
     assert torch.allclose(metric.compute(), expected[:2].mean(), atol=1e-6)
 
 
+def test_fast_option_serves_updates_from_the_fused_trunk(official_pth, expected):
+    metric = QualiCLIPScore(official_pth, reduction="none", fast=True)
+    with torch.no_grad():
+        for batch in BATCHES:
+            metric.update(batch)
+    assert metric.network.fast and metric.network._fused_cache is not None
+    assert (metric.compute() - expected).abs().max() <= 5e-5  # test_fused's fp32 tolerance
+
+
 def test_forward_is_differentiable_and_states_keep_no_graph(model):
     metric = QualiCLIPScore(model, reduction="none")
     images = BATCHES[0].clone().requires_grad_(True)
