@@ -21,14 +21,31 @@ PARITY_TOLERANCE = 1e-5
 
 
 def random_official_checkpoint(folder: Path) -> Path:
-    """A random CLIP RN50 in the official ``qualiclip.pth`` layout (speed does not depend on values)."""
+    """A random CLIP RN50 in the official ``qualiclip.pth`` layout (speed does not depend on values).
+
+    Residual branches are switched on (open_clip zero-initialises their last BatchNorm scale) and the
+    BatchNorm statistics are calibrated on smooth random images, so that folding BatchNorm and
+    reducing precision are exercised as with trained weights.
+    """
     import open_clip
 
     logging.getLogger().setLevel(logging.ERROR)
     torch.manual_seed(0)
-    clip = open_clip.create_model("RN50-quickgelu", pretrained=None).eval()
+    clip = open_clip.create_model("RN50-quickgelu", pretrained=None)
     with torch.no_grad():
         clip.logit_scale.fill_(math.log(100.0))
+        for name, param in clip.visual.named_parameters():
+            if name.endswith("bn3.weight"):
+                param.normal_(0.5, 0.1)
+        for module in clip.visual.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None
+        clip.visual.train()
+        for _ in range(2):
+            coarse = torch.rand(4, 3, 6, 6)
+            clip.visual(F.interpolate(coarse, size=(224, 224), mode="bicubic").clamp(0, 1) * 2 - 1)
+    clip.eval()
     prompts = F.normalize(torch.randn(14, 1024), dim=-1)
     path = folder / "qualiclip.pth"
     torch.save({"prompts_features": prompts, **{f"clip_model.{k}": v for k, v in clip.state_dict().items()}}, path)
@@ -51,21 +68,80 @@ def pyiqa_downloads_from(official_pth: Path) -> Iterator[None]:
 
 
 def pyiqa_model(official_pth: Path, temperature: float = 1.0) -> torch.nn.Module:
-    """pyiqa's own QualiCLIP arch on the given weights."""
+    """pyiqa's own QualiCLIP arch on the given weights, computing the official score.
+
+    The official scorer multiplies similarities by a fixed 100 where pyiqa uses the checkpoint's
+    ``logit_scale``; the two agree on the released checkpoint (ln 100), and setting it here makes them
+    agree on any checkpoint.
+    """
     import pyiqa.archs.qualiclip_arch as arch
 
     with pyiqa_downloads_from(official_pth):
-        return arch.QualiCLIP(model_type="qualiclip", temperature=temperature).eval()
+        model = arch.QualiCLIP(model_type="qualiclip", temperature=temperature).eval()
+    with torch.no_grad():
+        model.clip_model[0].logit_scale.fill_(math.log(100.0))
+    return model
+
+
+def cpu_features() -> list[str]:
+    """The CPU's vector and matrix extensions that decide fp32/bf16/fp16 speed (Linux)."""
+    wanted = {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "amx_tile"}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(wanted & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return []
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine(device: torch.device) -> dict[str, object]:
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_model(),
+        "cpu_features": cpu_features(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
     }
+
+
+def reset_peak_memory(device: torch.device) -> int:
+    """Start a peak-memory measurement; returns the baseline to pass to :func:`peak_memory_mib`.
+
+    On the CPU the peak resident set size (VmHWM) is reset through ``/proc/self/clear_refs``.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kib("VmRSS") * 1024
+
+
+def peak_memory_mib(device: torch.device, baseline: int) -> float:
+    """Peak memory above ``baseline`` since :func:`reset_peak_memory`, in MiB."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - baseline) / 2**20
+    return (_status_kib("VmHWM") * 1024 - baseline) / 2**20
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def write_result(output: Path, result: dict[str, object], valid: bool) -> int:
