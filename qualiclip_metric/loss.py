@@ -24,7 +24,9 @@ class QualiCLIPLoss(FrozenNetworkMixin, nn.Module):
         data_range: inputs are floats on ``[0, data_range]``. Values outside it are not refused, since
             restoration outputs overshoot; they are scored as they are. NaN and Inf are refused.
         max_size: downscale (differentiably) inputs whose longer side is larger, to bound memory.
-        temperature, precision, prompts: options of the model (see :class:`QualiCLIP`).
+        temperature: softmax temperature of the model (see :class:`QualiCLIP`).
+        precision: compute precision of the model.
+        prompts: antonym prompt pairs replacing the official seven (needs the text tower).
 
     The network's weights never receive gradients and are not in ``parameters()`` or
     ``state_dict()``, so the optimizer and checkpoints of the restoration model ignore them;

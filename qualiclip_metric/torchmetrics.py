@@ -26,8 +26,10 @@ class QualiCLIPScore(FrozenNetworkMixin, Metric):
         weights: any source :meth:`QualiCLIP.from_pretrained` accepts, or a loaded :class:`QualiCLIP`.
         data_range: images are floats in ``[0, data_range]`` (uint8 images are always in [0, 255]).
         reduction: ``"mean"`` or ``"sum"`` over all images seen, or ``"none"`` for every score in order.
-        temperature, precision, prompts, fast: options of the model (see :class:`QualiCLIP`); ``fast``
-            serves the updates that need no gradient from the inference-only trunk.
+        temperature: softmax temperature of the model (see :class:`QualiCLIP`).
+        precision: compute precision of the model.
+        prompts: antonym prompt pairs replacing the official seven (needs the text tower).
+        fast: serve the updates that need no gradient from the inference-only trunk.
         max_size: downscale images whose longer side is larger (antialiased, differentiable).
         kwargs: options of :class:`torchmetrics.Metric` (``sync_on_compute``, ``compute_on_cpu``, ...).
 
