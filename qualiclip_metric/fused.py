@@ -80,10 +80,10 @@ class FusedTrunk(nn.Module):
         return x
 
 
-def build_fused_trunk(tower: ModifiedResNet, dtype: torch.dtype, compile: bool = False) -> Callable[[Tensor], Tensor]:
-    """The fused trunk, compiled with frozen weights (``torch.compile``, inductor) when ``compile``."""
+def build_fused_trunk(tower: ModifiedResNet, dtype: torch.dtype, compiled: bool = False) -> Callable[[Tensor], Tensor]:
+    """The fused trunk, compiled with frozen weights (``torch.compile``, inductor) when ``compiled``."""
     trunk = FusedTrunk(tower, dtype)
-    if not compile:
+    if not compiled:
         return trunk
     # Freezing lets inductor fold weights into the graph and pre-pack them for oneDNN on the CPU.
     return torch.compile(trunk, options={"freezing": True})

@@ -207,7 +207,7 @@ class QualiCLIP(nn.Module):
             from qualiclip_metric.fused import build_fused_trunk
 
             self._fused_cache = None  # release the old copy before building the new one
-            self._fused_cache = (key, build_fused_trunk(self.visual, dtype, compile=self.compiled))
+            self._fused_cache = (key, build_fused_trunk(self.visual, dtype, compiled=self.compiled))
         return self._fused_cache[1]
 
     def image_features(self, images: Tensor, check_range: bool = True) -> Tensor:
