@@ -15,21 +15,15 @@ import argparse
 import functools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import ROOT, machine, write_result
+from common import ROOT, call_seconds, machine, write_result
 from PIL import Image
 
 KODAK = ROOT.parent.parent / "shared" / "data" / "pristine" / "kodak"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def load_crops(folder: Path, count: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, str]:
@@ -48,18 +42,6 @@ def load_crops(folder: Path, count: int, size: int, generator: torch.Generator) 
         left = int(torch.randint(pixels.shape[2] - size + 1, (1,), generator=generator))
         crops.append(pixels[:, top : top + size, left : left + size].float() / 255.0)
     return torch.stack(crops), f"Kodak ({len(files)} images)"
-
-
-def median_seconds(fn, repeats: int, device: torch.device) -> float:
-    fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> int:
@@ -89,7 +71,9 @@ def main() -> int:
     print("-" * len(header))
     for name, distortion in DISTORTIONS.items():
         generator = torch.Generator().manual_seed(0)
-        seconds = median_seconds(functools.partial(degrade, crops, name, args.level, generator), args.repeats, device)
+        seconds = statistics.median(
+            call_seconds(functools.partial(degrade, crops, name, args.level, generator), args.repeats, device)
+        )
         where = "cpu" if distortion.cpu_only else device.type
         parameter = distortion.levels[args.level - 1]
         results[name] = {

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import CLIVE, ROOT, machine, pyiqa_model, random_official_checkpoint, write_result
+from common import CLIVE, ROOT, machine, pyiqa_model, random_official_checkpoint, synchronize, write_result
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
@@ -55,10 +55,9 @@ def main() -> int:
         for path in tqdm(files, desc="CLIVE", dynamic_ncols=True):
             image = load_image(path)[None].to(device)
             for name, scorer in scorers.items():
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                synchronize(device)
                 start = time.perf_counter()
-                score = float(scorer(image).flatten()[0])
+                score = float(scorer(image).flatten()[0])  # .item() waits for the device
                 seconds[name] += time.perf_counter() - start
                 scores[name].append(score)
 

@@ -36,12 +36,14 @@ import torch.nn.functional as F
 from common import (
     CLIVE,
     ROOT,
+    call_seconds,
     machine,
     peak_memory_mib,
     pyiqa_downloads_from,
     pyiqa_model,
     random_official_checkpoint,
     reset_peak_memory,
+    synchronize,
     write_result,
 )
 
@@ -66,11 +68,6 @@ def parse_size(text: str) -> tuple[int, int]:
     """``500`` or ``1024x768`` (width x height) as (height, width)."""
     width, _, height = text.partition("x")
     return int(height or width), int(width)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def load_images(folder: Path | None, count: int) -> tuple[torch.Tensor, str]:
@@ -150,19 +147,8 @@ def ceiling_gflops(dtype: torch.dtype, device: torch.device, repeats: int = 5) -
         "matmul": (lambda: a @ a, 2 * side**3),
         "conv3x3": (lambda: F.conv2d(x, w, padding=1), 2 * batch * 256 * 256 * 9 * 56 * 56),
     }
-    best = 0.0
     with torch.inference_mode():
-        for fn, flops in candidates.values():
-            fn()
-            synchronize(device)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                synchronize(device)
-                times.append(time.perf_counter() - start)
-            best = max(best, flops / min(times) / 1e9)
-    return best
+        return max(flops / min(call_seconds(fn, repeats, device)) / 1e9 for fn, flops in candidates.values())
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -7,7 +7,8 @@ import json
 import logging
 import math
 import platform
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -114,6 +115,24 @@ def machine(device: torch.device) -> dict[str, object]:
         "threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
     }
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def call_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> list[float]:
+    """Wall seconds of ``repeats`` calls of ``fn`` after one warm-up call, waiting for the device each time."""
+    fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def reset_peak_memory(device: torch.device) -> int:
