@@ -93,6 +93,18 @@ class ModifiedResNet(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.attnpool = AttentionPool(image_size // 32, channels, heads, output_dim)
 
+    @property
+    def stages(self) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+        """The four residual stages, in order."""
+        return (self.layer1, self.layer2, self.layer3, self.layer4)
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """Stem and residual stages: the (N, 2048, H/32, W/32) feature map the attention pool reads."""
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
     def stem(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))

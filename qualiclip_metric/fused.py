@@ -45,7 +45,7 @@ def _conv_norm_pairs(tower: ModifiedResNet) -> Iterator[tuple[nn.Module, str, st
     """(owner, convolution attribute, norm attribute) for every convolution followed by a BatchNorm."""
     for index in (1, 2, 3):
         yield tower, f"conv{index}", f"bn{index}"
-    for stage in (tower.layer1, tower.layer2, tower.layer3, tower.layer4):
+    for stage in tower.stages:
         for block in stage:
             assert isinstance(block, Bottleneck)
             for index in (1, 2, 3):
@@ -68,16 +68,11 @@ class FusedTrunk(nn.Module):
             fused = fold_batchnorm(getattr(owner, conv_name), getattr(owner, norm_name))
             setattr(owner, conv_name, fused)
             setattr(owner, norm_name, nn.Identity())
-        self.trunk = trunk.to(dtype=dtype, memory_format=torch.channels_last).eval().requires_grad_(False)
+        self.tower = trunk.to(dtype=dtype, memory_format=torch.channels_last).eval().requires_grad_(False)
         self.dtype = dtype
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.to(dtype=self.dtype, memory_format=torch.channels_last)
-        trunk = self.trunk
-        x = trunk.stem(x)
-        for stage in (trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4):
-            x = stage(x)
-        return x
+        return self.tower.trunk(x.to(dtype=self.dtype, memory_format=torch.channels_last))
 
 
 def build_fused_trunk(tower: ModifiedResNet, dtype: torch.dtype, compiled: bool = False) -> Callable[[Tensor], Tensor]:

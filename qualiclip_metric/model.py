@@ -225,7 +225,7 @@ class QualiCLIP(nn.Module):
         with self._compute_context(x.device.type):
             x = x.to(self.visual.conv1.weight.dtype) if not torch.is_autocast_enabled(x.device.type) else x
             x = self.visual.stem(x)
-            for stage in (self.visual.layer1, self.visual.layer2, self.visual.layer3, self.visual.layer4):
+            for stage in self.visual.stages:
                 if self.grad_checkpointing and torch.is_grad_enabled():
                     x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
                 else:
