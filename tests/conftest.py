@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -66,6 +68,14 @@ def build_random_clip() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
 @pytest.fixture(scope="session")
 def clip_parts() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     return build_random_clip()
+
+
+@pytest.fixture(scope="module")
+def module_tmp_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder for one module's shared fixtures, removed with the module: its checkpoints are hundreds of MB."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

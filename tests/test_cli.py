@@ -33,15 +33,15 @@ def run(args, env_extra=None, cwd=None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cli") / "images"
+def folder(module_tmp_path):
+    path = module_tmp_path / "images"
     write_odd_images(path)
     return path
 
 
 @pytest.fixture(scope="module")
-def hub_cache(layout_dir, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cli-hub")
+def hub_cache(layout_dir, module_tmp_path):
+    cache = module_tmp_path / "hub-cache"
     files = {name: layout_dir / name for name in ("config.json", "model.safetensors", "text.safetensors")}
     prefill(cache, REPO, files, "a" * 40, refs=("main", "v1"))
     return cache

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def converted(official_pth, tmp_path_factory):
-    output = tmp_path_factory.mktemp("hub-tools") / "release"
+def converted(official_pth, module_tmp_path):
+    output = module_tmp_path / "release"
     assert convert.main([str(official_pth), str(output)]) == 0
     return output
 

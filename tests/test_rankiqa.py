@@ -269,8 +269,8 @@ def run(args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    output = tmp_path_factory.mktemp("smoke")
+def smoke_run(module_tmp_path):
+    output = module_tmp_path / "smoke"
     result = run(
         ["-m", "training.rankiqa", "--config", "training/rankiqa/configs/smoke.yaml", f"engine.output_dir={output}"],
         timeout=300,

@@ -253,8 +253,8 @@ def test_ridge_regularises_more_when_features_are_noise():
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    output = tmp_path_factory.mktemp("reiqa-smoke")
+def smoke_run(module_tmp_path):
+    output = module_tmp_path / "smoke"
     result = run_module(
         "training.reiqa", "--config", str(SMOKE), f"engine.output_dir={output}", "engine.progress=false"
     )

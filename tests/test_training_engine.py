@@ -186,7 +186,7 @@ def test_run_exports_both_layouts_with_identical_scores(tmp_path):
 
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     common = ["--config", str(SMOKE), f"data.images={DATA}", "engine.progress=false", "engine.steps=4"]
-    common += ["engine.checkpoint_every=2", "engine.num_workers=1"]
+    common += ["engine.checkpoint_every=2", "engine.keep_checkpoints=1", "engine.num_workers=1"]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     run_module("training.qualiclip", *common, f"engine.output_dir={straight}")
     first = run_module("training.qualiclip", *common, f"engine.output_dir={interrupted}", "engine.stop_at_step=2")
