@@ -194,6 +194,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     second = run_module("training.qualiclip", *common, f"engine.output_dir={interrupted}")
     summary = json.loads(second.stdout)
     assert summary["start_step"] == 2 and summary["resumed_from"].endswith("step_00000002.pt")
+    assert [path.name for path in checkpoint_paths(interrupted / "checkpoints")] == ["step_00000004.pt"]
     expected, resumed = final_model_state(straight), final_model_state(interrupted)
     assert expected.keys() == resumed.keys()
     for key in expected:
