@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from training.engine import load_training_state
 from training.reiqa.data import ChunkConfig, ChunkDataset, collate_chunks
 from training.reiqa.model import CheckpointError, MoCoConfig, QualityMoCo, info_nce, load_trunk
 from training.reiqa.regressor import RidgeRegressor, _ridge_solutions, split_evaluation
@@ -269,7 +270,7 @@ def test_smoke_training_through_the_entry_point(smoke_run):
     config = json.loads((smoke_run / "export" / "quality_encoder.json").read_text())
     assert config["arch"] == "resnet18" and config["embedding_dim"] == 16
     trunk = load_trunk("resnet18", smoke_run / "export" / "quality_encoder.safetensors")
-    state = torch.load(sorted((smoke_run / "checkpoints").glob("step_*.pt"))[-1], weights_only=False)["model"]
+    state = load_training_state(sorted((smoke_run / "checkpoints").glob("step_*.pt"))[-1])["model"]
     assert torch.equal(trunk.conv1.weight, state["trunk.conv1.weight"])
     # 4 steps of 2 chunks of 12 pairs each were enqueued
     assert state["queue"].shape == (64, 16) and int(state["queue_ptr"]) == (4 * 2 * 12) % 64

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,10 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from qualiclip_metric import QualiCLIP
 from qualiclip_metric.distributed import Ranks
 from training import config as config_io
+from training.errors import TrainingStateError
 from training.engine import (
     EngineConfig,
     StepBatchSampler,
@@ -234,3 +237,128 @@ def test_a_yaml_section_changes_the_parents_defaults(tmp_path):
     config = config_io.load(QualiCLIPTrainConfig, path)
     assert config.engine.steps == 7 and config.engine.output_dir == QualiCLIPTrainConfig().engine.output_dir
     assert config.engine.output_dir != EngineConfig().output_dir
+
+
+# -- faults: crafted, truncated and foreign resume files; unreadable and unusable data -------------------
+
+
+class _RunsCode:
+    """Unpickling this object runs a shell command: what a crafted checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_checkpoint_never_runs_code_and_resume_falls_back(tmp_path, caplog):
+    marker = tmp_path / "code-ran"
+    output = tmp_path / "run"
+    config = small_config(output, "engine.steps=4", "engine.keep_checkpoints=3", "engine.stop_at_step=2")
+    Trainer(QualiCLIPTask(config), config.engine, config).fit()
+    checkpoints = output / "checkpoints"
+    torch.save({"model": _RunsCode(marker)}, checkpoints / "step_00000003.pt")  # newest, crafted
+    (checkpoints / "step_00000005.pt").write_bytes(b"")  # newer still, empty
+    with pytest.raises(ValueError, match="never unpickled"):
+        load_training_state(checkpoints / "step_00000003.pt")
+    resumed = small_config(output, "engine.steps=4", "engine.keep_checkpoints=3")
+    with caplog.at_level("WARNING", logger="training.engine"):
+        summary = Trainer(QualiCLIPTask(resumed), resumed.engine, resumed).fit()
+    assert not marker.exists()
+    assert summary["start_step"] == 2 and summary["resumed_from"].endswith("step_00000002.pt")
+    assert "empty file" in caplog.text and "never unpickled" in caplog.text
+    assert "continuing from step_00000002.pt, the newest valid checkpoint" in caplog.text
+
+
+def test_training_states_load_with_weights_only(tmp_path):
+    config = small_config(tmp_path, "engine.steps=2")
+    Trainer(QualiCLIPTask(config), config.engine, config).fit()
+    path = checkpoint_paths(tmp_path / "checkpoints")[-1]
+    state = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and values only
+    assert state["format"] == "qualiclip-metric-training-state" and state["step"] == 2
+    assert isinstance(state["rng"][0]["numpy"]["keys"], torch.Tensor)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty file"),
+        (None, "truncated or corrupt"),  # the first half of a real checkpoint
+        ({"step": 3}, "not a training checkpoint written by this engine"),
+        ([1, 2, 3], "not a training checkpoint written by this engine"),
+    ],
+)
+def test_unusable_resume_files_get_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "state.pt"
+    if content is None:
+        config = small_config(tmp_path / "run", "engine.steps=2")
+        Trainer(QualiCLIPTask(config), config.engine, config).fit()
+        whole = checkpoint_paths(tmp_path / "run" / "checkpoints")[-1].read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(TrainingStateError, match=message):
+        load_training_state(path)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "training.qualiclip", "--config", str(SMOKE), "engine.progress=false", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _pristine_copy(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for image in sorted((DATA / "pristine").glob("*.png")):
+        shutil.copy(image, folder / image.name)
+    return folder
+
+
+def test_bad_data_and_resume_files_exit_2_with_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "a.png").write_bytes(b"not an image")
+    (unreadable / "b.jpg").write_bytes(b"")
+    square = _pristine_copy(tmp_path / "square")  # 128 x 128 images: two 128-px crops coincide
+    never = tmp_path / "never"
+    (never / "checkpoints").mkdir(parents=True)
+    (never / "checkpoints" / "step_00000002.pt").write_bytes(b"x")
+    out = f"engine.output_dir={tmp_path / 'out'}"
+    old_run = [f"data.images={DATA}", f"engine.output_dir={never}"]
+    cases = [
+        ([f"data.images={tmp_path / 'missing'}", out], "does not exist"),
+        ([f"data.images={empty}", out], "no image files"),
+        ([f"data.images={unreadable}", out], "none of the 2 image files can be used (2 cannot be read"),
+        ([f"data.images={square}", "data.crops.crop_size=128", out], "too small: items need two 128-pixel crops"),
+        ([*old_run, "engine.resume=never"], "already holds 1 checkpoints"),
+        (old_run, "none of the 1 checkpoints"),
+        ([*old_run, f"engine.resume={tmp_path / 'gone.pt'}"], "does not exist"),
+    ]
+    for overrides, message in cases:
+        result = _run_cli(*overrides)
+        assert result.returncode == 2, (overrides, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr and message in result.stderr, (overrides, result.stderr[-2000:])
+    assert (never / "checkpoints" / "step_00000002.pt").read_bytes() == b"x"  # nothing of the old run was touched
+
+
+def test_unreadable_images_are_skipped_with_a_count(tmp_path, caplog):
+    images = _pristine_copy(tmp_path / "images")
+    jpeg = tmp_path / "whole.jpg"
+    Image.open(images / "kodim05_crop.png").save(jpeg, quality=95)
+    whole = jpeg.read_bytes()
+    (images / "kodim99_truncated.jpg").write_bytes(whole[: len(whole) // 3])  # header fine, pixels cut
+    (images / "zz_not_an_image.png").write_bytes(b"\x89PNG garbage")
+    config = small_config(tmp_path / "run", f"data.images={images}", "engine.steps=6", "validation.holdout=0")
+    with caplog.at_level("WARNING"):
+        task = QualiCLIPTask(config)
+        summary = Trainer(task, config.engine, config).fit()
+    assert "skipping 1 of 6 unreadable image files" in caplog.text
+    assert len(task.train_files) == 5 and summary["step"] == 6
+    assert summary["skipped_items"] >= 1 and "kodim99_truncated.jpg" in caplog.text
+    logged = [row for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if row["split"] == "train"]
+    assert logged[-1]["skipped_items"] == summary["skipped_items"]

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from training import config as config_io
+from training.errors import TrainingError
+
+#: Exit codes: 0 done; 2 the configuration, the data or a resume file cannot be used (one line on stderr).
+EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def main(config_class: type, task_class: Callable[[Any], Any], *, prog: str, argv: Sequence[str]) -> int:
@@ -41,15 +47,22 @@ def main(config_class: type, task_class: Callable[[Any], Any], *, prog: str, arg
         return 0
     from training.engine import Trainer
 
-    task = task_class(config)
-    trainer = Trainer(task, config.engine, config)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    trainer = None
     try:
+        task = task_class(config)
+        trainer = Trainer(task, config.engine, config)
         result = trainer.evaluate(export_to=args.export) if args.eval_only else trainer.fit()
+    except TrainingError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
-        trainer.close()
+        if trainer is not None:
+            trainer.close()
     if trainer.setup.is_main:
         text = json.dumps(result, indent=2, default=str)
         print(text)
         if args.output is not None:
             args.output.write_text(text + "\n", encoding="utf-8")
-    return 0
+    return EXIT_OK

@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
+import pickle
 import random
 import re
 import time
@@ -34,11 +36,20 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from qualiclip_metric.distributed import Ranks, init_process_group, ranks_from_environment
+from qualiclip_metric.errors import ImageLoadError
 from qualiclip_metric.model import cuda_tf32
 from training import config as config_io
+from training.errors import TrainingError, TrainingStateError
 
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.pt$")
+#: Marks a training state file; loading checks it, so a file of another kind is refused by name.
+STATE_FORMAT = "qualiclip-metric-training-state"
+STATE_VERSION = 1
+STATE_KEYS = ("step", "model", "optimizer", "scheduler", "scaler", "rng", "batch_size", "world_size")
+#: Consecutive unreadable items tried before a batch gives up (a substitute is the next item).
+MAX_SKIPPED_IN_A_ROW = 32
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -142,9 +153,9 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def __init__(self, dataset_size: int, global_batch: int, start: int, stop: int, seed: int, setup: Ranks) -> None:
         if global_batch % setup.world_size:
-            raise ValueError(f"batch_size {global_batch} is not divisible by the {setup.world_size} processes")
+            raise TrainingError(f"batch_size {global_batch} is not divisible by the {setup.world_size} processes")
         if dataset_size < global_batch:
-            raise ValueError(f"the dataset has {dataset_size} items, fewer than one batch of {global_batch}")
+            raise TrainingError(f"the dataset has {dataset_size} items, fewer than one batch of {global_batch}")
         self.size, self.batch, self.start, self.stop, self.seed = dataset_size, global_batch, start, stop, seed
         self.local = global_batch // setup.world_size
         self.rank = setup.rank
@@ -176,6 +187,40 @@ def move_to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to(value, device) for value in batch)
     return batch
+
+
+class SkipUnreadable(Dataset):
+    """A task's dataset whose unreadable items are replaced by the next readable one.
+
+    The replacement depends on the key alone, so a resumed run sees the same data; the items skipped
+    travel with the batch so that the main process can count and log them.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, list[str]]:
+        epoch, index = key
+        skipped: list[str] = []
+        for offset in range(MAX_SKIPPED_IN_A_ROW):
+            try:
+                return self.dataset[epoch, (index + offset) % len(self.dataset)], skipped
+            except ImageLoadError as err:
+                skipped.append(str(err))
+        raise TrainingError(f"{MAX_SKIPPED_IN_A_ROW} items in a row cannot be read; the last: {skipped[-1]}")
+
+
+class CollateWithSkips:
+    """The task's collate over the items, and the messages of the items :class:`SkipUnreadable` replaced."""
+
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+
+    def __call__(self, items: list[tuple[Any, list[str]]]) -> tuple[Any, list[str]]:
+        return self.collate([item for item, _ in items]), [message for _, messages in items for message in messages]
 
 
 # --------------------------------------------------------------------------------- optimisation parts
@@ -233,9 +278,17 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every generator's state as tensors and plain values, so that it loads with ``weights_only=True``."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -244,8 +297,18 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["name"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -273,12 +336,33 @@ def save_atomically(state: dict[str, Any], path: Path) -> None:
     os.replace(temporary, path)
 
 
-def load_training_state(path: Path) -> dict[str, Any]:
-    """A checkpoint written by :class:`Trainer`: tensors, numbers and RNG states (numpy's included)."""
+def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint written by :class:`Trainer`: tensors, numbers, strings and containers of them.
+
+    Read with ``weights_only=True``: no file, however crafted, can make loading run code. Raises
+    :class:`TrainingStateError` for empty, truncated or foreign files.
+    """
+    path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise RuntimeError(f"{path}: not a readable training checkpoint (truncated or corrupt?): {err}") from err
+        if path.stat().st_size == 0:
+            raise TrainingStateError(f"{path}: empty file, not a training checkpoint")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except TrainingStateError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err):
+            reason = f"it holds objects other than tensors and plain values, which are never unpickled ({reason})"
+        message = f"{path}: not a readable training checkpoint (truncated or corrupt?): {reason}"
+        raise TrainingStateError(message) from err
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise TrainingStateError(f"{path}: not a training checkpoint written by this engine")
+    if state.get("version") != STATE_VERSION:
+        raise TrainingStateError(f"{path}: training state version {state.get('version')!r}, expected {STATE_VERSION}")
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise TrainingStateError(f"{path}: incomplete training checkpoint (missing {', '.join(missing)})")
+    return state
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -350,29 +434,53 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.step = 0
 
-    def _resume_path(self) -> Path | None:
+    def _resume_state(self) -> tuple[Path, dict[str, Any]] | tuple[None, None]:
+        """The checkpoint to continue from and its state; with ``resume: auto`` the newest valid one."""
+        found = checkpoint_paths(self.checkpoint_dir)
         if self.config.resume == "never":
-            return None
-        if self.config.resume == "auto":
-            found = checkpoint_paths(self.checkpoint_dir)
-            return found[-1] if found else None
-        path = Path(self.config.resume)
-        if not path.is_file():
-            raise FileNotFoundError(f"resume: {path} does not exist")
-        return path
+            if found:  # a new run would overwrite and prune them
+                raise TrainingError(
+                    f"engine.resume=never, but {self.checkpoint_dir} already holds {len(found)} checkpoints of "
+                    "another run; choose a new engine.output_dir, or resume=auto to continue it"
+                )
+            return None, None
+        if self.config.resume != "auto":
+            path = Path(self.config.resume)
+            if not path.is_file():
+                raise TrainingError(f"engine.resume: {path} does not exist")
+            return path, load_training_state(path)
+        skipped = []
+        for path in reversed(found):
+            try:
+                state = load_training_state(path)
+            except TrainingStateError as err:
+                skipped.append(path)
+                log.warning("resume: skipping %s", err)
+                continue
+            if skipped:
+                log.warning("resume: continuing from %s, the newest valid checkpoint", path.name)
+            return path, state
+        if skipped:
+            raise TrainingError(
+                f"resume: none of the {len(skipped)} checkpoints in {self.checkpoint_dir} can be read; "
+                "move them away to start afresh, or set engine.resume to a valid one"
+            )
+        return None, None
 
-    def _restore(self, path: Path) -> None:
-        state = load_training_state(path)
-        unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
+    def _restore(self, path: Path, state: dict[str, Any]) -> None:
         if state["batch_size"] != self.config.batch_size:
-            raise ValueError(
+            raise TrainingError(
                 f"{path}: saved with batch_size {state['batch_size']}, resumed with {self.config.batch_size}; "
                 "the data order would change"
             )
+        try:
+            unwrap(self.model).load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise TrainingStateError(f"{path}: saved by a different model or optimizer: {err}") from err
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
         rng = state["rng"]
         if len(rng) == self.setup.world_size:
             set_rng_state(rng[self.setup.rank])
@@ -387,6 +495,8 @@ class Trainer:
             rng = gathered
         if self.setup.is_main:
             state = {
+                "format": STATE_FORMAT,
+                "version": STATE_VERSION,
                 "step": self.step,
                 "model": unwrap(self.model).state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -438,9 +548,9 @@ class Trainer:
     def _loader(self, dataset: Dataset, stop: int) -> DataLoader:
         sampler = StepBatchSampler(len(dataset), self.config.batch_size, self.step, stop, self.config.seed, self.setup)
         return DataLoader(
-            dataset,
+            SkipUnreadable(dataset),
             batch_sampler=sampler,
-            collate_fn=self.task.collate,
+            collate_fn=CollateWithSkips(self.task.collate),
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
@@ -459,10 +569,14 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to ``steps`` (or ``stop_at_step``), then validate and export; returns a summary."""
         config = self.config
+        dataset = self.task.build_dataset()  # bad data is refused before the model is built
+        if len(dataset) < config.batch_size:
+            raise TrainingError(f"the dataset has {len(dataset)} items, fewer than one batch of {config.batch_size}")
+        resume_from, state = self._resume_state()
         self._build()
-        resume_from = self._resume_path()
         if resume_from is not None:
-            self._restore(resume_from)
+            self._restore(resume_from, state)
+            del state
         if self.setup.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if self.full_config is not None:
@@ -479,11 +593,14 @@ class Trainer:
         summary: dict[str, Any] = {"resumed_from": str(resume_from) if resume_from else None, "start_step": self.step}
         if config.validate_at_start and self.step == 0:
             summary["initial_validation"] = self.validate()
-        dataset = self.task.build_dataset()
         progress = self._progress(stop)
         window: dict[str, list[float]] = {}
         started, window_start, items = time.perf_counter(), time.perf_counter(), 0
-        for batch in self._loader(dataset, stop):
+        skipped_images = 0
+        for batch, skipped in self._loader(dataset, stop):
+            for message in skipped:
+                log.warning("step %d: skipping an unreadable item: %s", self.step, message)
+            skipped_images += len(skipped)
             values = self.train_step(batch)
             items += config.batch_size
             for key, value in values.items():
@@ -494,6 +611,8 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 record = {"step": self.step, "split": "train", "lr": self.scheduler.get_last_lr()[0], **means}
                 record["items_per_s"] = items / elapsed if elapsed > 0 else None
+                if skipped_images:
+                    record["skipped_items"] = skipped_images
                 self.log.write(record)
                 progress.set_postfix(loss=f"{means['loss']:.4f}")
                 window, window_start, items = {}, time.perf_counter(), 0
@@ -504,7 +623,7 @@ class Trainer:
         progress.close()
         if self.step > summary["start_step"] or resume_from is None:
             self._save()
-        summary.update(step=self.step, seconds=time.perf_counter() - started)
+        summary.update(step=self.step, seconds=time.perf_counter() - started, skipped_items=skipped_images)
         if self.step >= config.steps:
             summary["validation"] = self.validate()
             if self.setup.is_main:

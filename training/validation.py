@@ -11,6 +11,7 @@ serve every model family the same way.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,11 +23,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qualiclip_metric.datasets import IQADataset, read_csv_dataset
+from qualiclip_metric.errors import ImageLoadError
 from qualiclip_metric.evaluation import correlations
-from qualiclip_metric.inputs import collect_image_files, load_image, resize_longer_side
+from qualiclip_metric.inputs import load_image, resize_longer_side
 from training.degradations import NUM_LEVELS, degrade
 from training.engine import stable_seed
+from training.errors import TrainingError
+from training.images import usable_images
 
+log = logging.getLogger(__name__)
 ScoreFunction = Callable[[Tensor], Tensor]
 
 
@@ -57,18 +62,15 @@ class ValidationConfig:
             raise ValueError("holdout must be non-negative and crop_size at least 32")
 
 
-def pristine_split(images: str, holdout: int, seed: int) -> tuple[list[Path], list[Path]]:
-    """(training files, held-out files) of the image tree ``images``, with a clear error when it has none."""
-    files = collect_image_files([images], recursive=True)
-    if not files:
-        raise ValueError(f"no image files in {images}")
-    return split_holdout(files, holdout, seed)
+def pristine_split(images: str, holdout: int, seed: int, what: str = "data.images") -> tuple[list[Path], list[Path]]:
+    """(training files, held-out files) of the readable images of the tree ``images`` (see :func:`usable_images`)."""
+    return split_holdout(usable_images(images, what=what), holdout, seed)
 
 
 def split_holdout(files: Sequence[Path], count: int, seed: int) -> tuple[list[Path], list[Path]]:
     """(training files, held-out files): a seeded choice of ``count`` files, both lists in file order."""
     if count >= len(files):
-        raise ValueError(f"cannot hold out {count} of {len(files)} images and still train")
+        raise TrainingError(f"cannot hold out {count} of {len(files)} images and still train")
     order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
     held = set(order[:count])
     return [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]
@@ -146,14 +148,35 @@ def iqa_correlations(
 ) -> dict[str, float]:
     """SRCC, PLCC (raw and after the logistic fit) of scores against the dataset's subjective scores."""
     paths, target = iqa_subset(dataset, max_images, seed)
-    predicted = [float(score(resize_longer_side(load_image(path)[None], max_size).to(device))[0]) for path in paths]
-    values = correlations(predicted, target, target_higher_is_better=dataset.higher_is_better)
+    predicted, kept = [], []
+    for path, value in zip(paths, target, strict=True):
+        try:
+            image = load_image(path)
+        except ImageLoadError as err:  # one broken file must not end a training run at its last step
+            log.warning("validation: skipping %s", err)
+            continue
+        predicted.append(float(score(resize_longer_side(image[None], max_size).to(device))[0]))
+        kept.append(value)
+    if len(kept) < 3:
+        raise TrainingError(f"validation: only {len(kept)} of {len(paths)} IQA images could be read; need 3")
+    values = correlations(predicted, kept, target_higher_is_better=dataset.higher_is_better)
     return {
         "iqa_srcc": values["srcc"],
         "iqa_plcc": values["plcc"],
         "iqa_plcc_logistic": values["plcc_logistic"],
-        "iqa_images": float(len(paths)),
+        "iqa_images": float(len(kept)),
+        "iqa_unreadable": float(len(paths) - len(kept)),
     }
+
+
+def iqa_dataset(config: ValidationConfig) -> IQADataset | None:
+    """The IQA dataset ``config`` names, read (and its files checked) so that a task can refuse it before training."""
+    if config.iqa_images is None:
+        return None
+    try:
+        return read_csv_dataset(config.iqa_images, config.iqa_scores)
+    except (OSError, ValueError) as err:
+        raise TrainingError(f"validation.iqa_images / validation.iqa_scores: {err}") from err
 
 
 def run_validation(
@@ -177,8 +200,8 @@ def run_validation(
                 device=device,
             )
         )
-    if config.iqa_images is not None:
-        dataset = read_csv_dataset(config.iqa_images, config.iqa_scores)
+    dataset = iqa_dataset(config)
+    if dataset is not None:
         metrics.update(
             iqa_correlations(
                 score,

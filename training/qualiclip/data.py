@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from qualiclip_metric.inputs import collect_image_files, load_image
+from qualiclip_metric.inputs import MIN_IMAGE_SIDE, load_image
 from training.degradations import DISTORTIONS, GROUPS, NUM_LEVELS, degrade
 from training.engine import stable_seed
+from training.images import usable_images
 
 #: Distortions whose KADID level tables do not grow in strength level by level (meanshift alternates
 #: sign at equal magnitude; lincontrchange's 0 is already a contrast boost and its levels alternate),
@@ -42,6 +43,8 @@ class CropPairConfig:
     composed: int = 1
 
     def __post_init__(self) -> None:
+        if self.crop_size < MIN_IMAGE_SIDE:
+            raise ValueError(f"crop_size must be at least {MIN_IMAGE_SIDE}, got {self.crop_size}")
         if not 0 <= self.min_overlap <= self.max_overlap < 1:
             raise ValueError(f"need 0 <= min_overlap <= max_overlap < 1, got {self.min_overlap}, {self.max_overlap}")
         if not 2 <= self.levels <= NUM_LEVELS:
@@ -61,6 +64,24 @@ class CropPairConfig:
         """The KADID levels used, evenly spread from 1 to 5 (all five when ``levels`` is 5)."""
         step = (NUM_LEVELS - 1) / (self.levels - 1)
         return tuple(1 + round(i * step) for i in range(self.levels))
+
+
+def fitted_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) of an image upscaled (if needed) so that its shorter side holds a ``size`` crop."""
+    shorter = min(height, width)
+    if shorter >= size:
+        return height, width
+    scale = size / shorter
+    return max(size, round(height * scale)), max(size, round(width * scale))
+
+
+def crop_pair_fits(height: int, width: int, size: int, max_overlap: float) -> bool:
+    """Whether two ``size`` crops of a ``height`` x ``width`` image can share at most ``max_overlap``."""
+    if height < size or width < size:
+        return False
+    rows = max(1, size - (height - size))  # the fewest rows the two crops can share
+    cols = max(1, size - (width - size))
+    return rows * cols / size**2 <= max_overlap
 
 
 def sample_overlapping_crops(
@@ -93,10 +114,12 @@ class CropPairDataset(Dataset):
     """
 
     def __init__(self, images: str | os.PathLike | Sequence[str | os.PathLike], config: CropPairConfig, seed: int = 0):
-        sources = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-        self.files: list[Path] = collect_image_files(sources, recursive=True)
-        if not self.files:
-            raise ValueError(f"no image files in {', '.join(map(str, sources))}")
+        size, overlap = config.crop_size, config.max_overlap
+        self.files: list[Path] = usable_images(
+            images,
+            fits=lambda width, height: crop_pair_fits(*fitted_size(height, width, size), size, overlap),
+            requirement=f"need two {size}-pixel crops sharing at most {overlap:.0%} of their area",
+        )
         self.config = config
         self.seed = seed
         self.epoch = 0
@@ -110,10 +133,8 @@ class CropPairDataset(Dataset):
 
     def _pristine(self, index: int) -> Tensor:
         image = load_image(self.files[index])
-        shorter = min(image.shape[-2:])
-        if shorter < self.config.crop_size:
-            scale = self.config.crop_size / shorter
-            size = [max(self.config.crop_size, round(side * scale)) for side in image.shape[-2:]]
+        size = fitted_size(*image.shape[-2:], self.config.crop_size)
+        if size != tuple(image.shape[-2:]):
             image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0].clamp(0, 1)
         return image
 

@@ -14,7 +14,7 @@ from training.engine import EngineConfig, decay_groups
 from training.qualiclip.data import CropPairConfig, CropPairDataset, collate_crop_pairs
 from training.qualiclip.losses import QualiCLIPLossConfig
 from training.qualiclip.model import ModelConfig, QualiCLIPTrainingModule, build_scorer
-from training.validation import ValidationConfig, pristine_split, run_validation
+from training.validation import ValidationConfig, iqa_dataset, pristine_split, run_validation
 
 #: Names of the exported files inside ``<output_dir>/export``.
 LAYOUT_DIR = "qualiclip-rn50"
@@ -44,6 +44,7 @@ class QualiCLIPTask:
         self.train_files, self.holdout_files = pristine_split(
             config.data.images, config.validation.holdout, config.validation.seed
         )
+        iqa_dataset(config.validation)  # refuse a missing validation set now, not after training
 
     def build_model(self) -> QualiCLIPTrainingModule:
         scorer, text_state = build_scorer(self.config.model)

@@ -13,10 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from qualiclip_metric.datasets import read_csv_dataset
+from qualiclip_metric.errors import ImageLoadError
 from qualiclip_metric.evaluation import correlations, random_splits
 from qualiclip_metric.inputs import load_image
 from training import config as config_io
 from training.engine import EngineConfig, decay_groups
+from training.errors import TrainingError
 from training.rankiqa.data import (
     MOSDataConfig,
     MOSDataset,
@@ -28,7 +30,7 @@ from training.rankiqa.data import (
 from training.rankiqa.inference import RankIQA, TestConfig
 from training.rankiqa.losses import Reduction, batch_hinge_loss
 from training.rankiqa.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, RankIQANet, build_model
-from training.validation import ValidationConfig, pristine_split, run_validation
+from training.validation import ValidationConfig, iqa_dataset, pristine_split, run_validation
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +106,16 @@ class RankIQATask:
     def __init__(self, config: RankIQATrainConfig) -> None:
         self.config = config
         self.target_mean, self.target_std = 0.0, 1.0
+        iqa_dataset(config.validation)  # refuse a missing validation set now, not after training
         if config.stage == "rank":
             self.train_files, self.holdout_files = pristine_split(
-                config.rank.images, config.validation.holdout, config.validation.seed
+                config.rank.images, config.validation.holdout, config.validation.seed, what="rank.images"
             )
             return
-        dataset = read_csv_dataset(config.mos.images, config.mos.scores)
+        try:
+            dataset = read_csv_dataset(config.mos.images, config.mos.scores)
+        except (OSError, ValueError) as err:
+            raise TrainingError(f"mos.images / mos.scores: {err}") from err
         train, test = train_test_indices(len(dataset), config.mos, dataset.groups)
         scores = dataset.scores if dataset.higher_is_better else -dataset.scores  # DMOS: higher is worse
         self.train_paths, self.train_scores = [dataset.paths[i] for i in train], scores[train]
@@ -148,8 +154,18 @@ class RankIQATask:
         if len(self.test_paths) < 3:
             return {}
         scorer = self.scorer(model.net)
-        predicted = [scorer.score_image(load_image(path)) for path in self.test_paths]
-        values = correlations(predicted, self.test_scores)
+        predicted, targets = [], []
+        for path, target in zip(self.test_paths, self.test_scores, strict=True):
+            try:
+                image = load_image(path)
+            except ImageLoadError as err:
+                log.warning("validation: skipping %s", err)
+                continue
+            predicted.append(scorer.score_image(image))
+            targets.append(target)
+        if len(predicted) < 3:
+            return {}
+        values = correlations(predicted, targets)
         return {
             "test_srcc": values["srcc"],
             "test_plcc": values["plcc"],

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from qualiclip_metric.inputs import collect_image_files, load_image
+from qualiclip_metric.inputs import load_image
 from training.degradations import DISTORTIONS, NUM_LEVELS, degrade
 from training.engine import stable_seed
+from training.images import usable_images
 from training.qualiclip.data import sample_overlapping_crops
 
 
@@ -111,10 +112,7 @@ class ChunkDataset(Dataset):
     """
 
     def __init__(self, images: str | os.PathLike | Sequence[str | os.PathLike], config: ChunkConfig, seed: int = 0):
-        sources = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-        self.files: list[Path] = collect_image_files(sources, recursive=True)
-        if not self.files:
-            raise ValueError(f"no image files in {', '.join(map(str, sources))}")
+        self.files: list[Path] = usable_images(images)  # rescale() enlarges small images until two crops fit
         self.config, self.seed = config, seed
 
     def __len__(self) -> int:
