@@ -22,7 +22,7 @@ from qualiclip_metric.config import (
     validate_prompt_pairs,
 )
 from qualiclip_metric.errors import CheckpointError
-from qualiclip_metric.inputs import as_image_batch
+from qualiclip_metric.inputs import as_image_batch, validate_temperature
 
 if TYPE_CHECKING:
     from qualiclip_metric.checkpoint import Checkpoint
@@ -132,6 +132,7 @@ class QualiCLIP(nn.Module):
         #: Like :attr:`fast`, with the trunk compiled by ``torch.compile`` (slow first call per input size).
         self.compiled = compiled
         self._fused_cache: tuple[tuple, Callable[[Tensor], Tensor]] | None = None
+        self._trainable = False
         self.eval()
         self.requires_grad_(False)
 
@@ -143,9 +144,7 @@ class QualiCLIP(nn.Module):
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        if not float(value) > 0:
-            raise ValueError(f"temperature must be positive, got {value}")
-        self._temperature = float(value)
+        self._temperature = validate_temperature(value)
 
     @property
     def precision(self) -> Precision:
@@ -165,6 +164,28 @@ class QualiCLIP(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.prompts_features.device
+
+    def set_trainable(self, enable: bool = True) -> QualiCLIP:
+        """Let :meth:`train` switch BatchNorm to batch statistics and the image tower receive gradients.
+
+        A metric must not change its own scores: by default ``train()`` (also an enclosing module's)
+        leaves the model in evaluation mode, and its weights are frozen. Fine-tuning, as ``training/``
+        does, starts with ``model.set_trainable()``.
+        """
+        self._trainable = enable
+        self.visual.requires_grad_(enable)
+        if not enable:
+            self.eval()
+        return self
+
+    @property
+    def trainable(self) -> bool:
+        """Whether :meth:`set_trainable` allowed training; False for a metric."""
+        return self._trainable
+
+    def train(self, mode: bool = True) -> QualiCLIP:
+        """Training mode only after :meth:`set_trainable`; otherwise the model stays in evaluation mode."""
+        return super().train(mode and self._trainable)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Trade compute for memory when differentiating (losses on large images, training)."""
@@ -234,10 +255,15 @@ class QualiCLIP(nn.Module):
         return F.normalize(features.float(), dim=-1)
 
     def pair_probabilities_from_features(self, features: Tensor) -> Tensor:
-        """(N, P) probability of the positive prompt of every antonym pair, from normalized features."""
-        prompts = self.prompts_features.to(device=features.device, dtype=features.dtype)
-        logits = (self.score_logit_scale / self.temperature) * features @ prompts.T
-        return logits.unflatten(-1, (len(self.prompt_pairs), 2)).softmax(dim=-1)[..., 0]
+        """(N, P) probability of the positive prompt of every antonym pair, from normalized features.
+
+        Always float32 (float64 for float64 features), also under a caller's autocast.
+        """
+        with torch.autocast(features.device.type, enabled=False):
+            features = features if features.dtype == torch.float64 else features.float()
+            prompts = self.prompts_features.to(device=features.device, dtype=features.dtype)
+            logits = (self.score_logit_scale / self.temperature) * features @ prompts.T
+            return logits.unflatten(-1, (len(self.prompt_pairs), 2)).softmax(dim=-1)[..., 0]
 
     def pair_probabilities(self, images: Tensor, check_range: bool = True) -> Tensor:
         """(N, P) probability of the positive prompt of each pair; columns named by :attr:`pair_names`."""
@@ -252,6 +278,8 @@ class QualiCLIP(nn.Module):
     def set_prompts(self, prompt_pairs: Sequence[PromptPair], features: Tensor) -> None:
         """Replace the antonym pairs and their (2P, 1024) text features (normalized here)."""
         pairs = validate_prompt_pairs(prompt_pairs)
+        if not torch.isfinite(features).all():
+            raise CheckpointError("prompt features hold NaN or Inf values; the text tower is corrupt")
         if features.shape != (2 * len(pairs), EMBED_DIM):
             raise ValueError(
                 f"prompt features for {len(pairs)} pairs must have shape ({2 * len(pairs)}, {EMBED_DIM}), "
@@ -289,6 +317,12 @@ class QualiCLIP(nn.Module):
             problems.append(f"{len(wrong_shape)} wrong shapes ({_preview(wrong_shape)})")
         if problems:
             raise CheckpointError(f"{origin}: not a QualiCLIP RN50 checkpoint: " + "; ".join(problems))
+        not_finite = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+        if not_finite:
+            raise CheckpointError(
+                f"{origin}: {len(not_finite)} tensors hold NaN or Inf values ({_preview(not_finite)}); "
+                "the file is corrupt"
+            )
         with torch.no_grad():
             for key, value in self.state_dict().items():
                 if key in state:
@@ -311,7 +345,7 @@ class QualiCLIP(nn.Module):
         with torch.device("meta"):
             model = cls(
                 config=config,
-                temperature=temperature or config.temperature,
+                temperature=config.temperature if temperature is None else temperature,
                 precision=precision,
                 fast=fast,
                 compiled=compiled,

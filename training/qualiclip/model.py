@@ -127,7 +127,7 @@ class QualiCLIPTrainingModule(nn.Module):
         self.batchnorm = batchnorm
         #: Kept outside the state dict: frozen, and only needed to export the official layout.
         self.text_state = text_state
-        scorer.visual.requires_grad_(True)
+        scorer.set_trainable(True)  # fine-tuning: batch statistics and gradients for the image tower
         # The score never adds the attention pool's positional embedding (any H x W works): nothing to learn.
         scorer.visual.attnpool.positional_embedding.requires_grad_(False)
 
