@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from qualiclip_metric import QualiCLIP, load_image
+from qualiclip_metric import ImageLoadError, QualiCLIP, load_image
 from qualiclip_metric.functional import score_batch
 from qualiclip_metric.inputs import collect_image_files, resize_longer_side
 
@@ -20,9 +21,15 @@ def probe_images(folder: Path | None, max_size: int | None = 512) -> dict[str, T
     """Images to score by name: every image file of ``folder``, or deterministic generated ones."""
     if folder is not None:
         files = collect_image_files([folder])
-        if not files:
-            raise ValueError(f"{folder}: no image files")
-        return {path.name: resize_longer_side(load_image(path)[None], max_size) for path in files}
+        images = {}
+        for path in files:
+            try:
+                images[path.name] = resize_longer_side(load_image(path)[None], max_size)
+            except ImageLoadError as err:  # one broken file must not stop a comparison
+                print(f"skipping {err}", file=sys.stderr)
+        if not images:
+            raise ValueError(f"{folder}: no readable image files")
+        return images
     generator = torch.Generator().manual_seed(0)
     images = {}
     for index, (height, width) in enumerate(PROBE_SIZES):

@@ -2,6 +2,8 @@
 
     python -m hub.convert qualiclip.pth out/qualiclip-rn50 [--no-text] [--overwrite] [--images DIR]
 
+The text tower is kept when the source has one (a bare ``model.safetensors`` has none).
+
 The converted layout must give bit-identical scores to the source on the probe images (a folder, or
 generated images); otherwise the output is removed and the exit code is 1.
 """
@@ -16,7 +18,8 @@ from pathlib import Path
 import torch
 
 from hub.compare import probe_images, score_all
-from qualiclip_metric import QualiCLIP
+from qualiclip_metric import CheckpointError, QualiCLIP
+from qualiclip_metric.checkpoint import has_text_tower
 from qualiclip_metric.weights import convert_to_layout
 
 
@@ -41,10 +44,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.output.exists() and not args.overwrite:
         print(f"hub.convert: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
-    with torch.inference_mode():
-        difference = convert(
-            args.source, args.output, include_text=not args.no_text, overwrite=args.overwrite, images=args.images
-        )
+    if not args.source.exists():
+        print(f"hub.convert: {args.source} does not exist", file=sys.stderr)
+        return 2
+    include_text = not args.no_text
+    try:
+        if include_text and not has_text_tower(args.source):
+            print(f"hub.convert: {args.source} holds no text tower; the layout will have none", file=sys.stderr)
+            include_text = False
+        with torch.inference_mode():
+            difference = convert(
+                args.source, args.output, include_text=include_text, overwrite=args.overwrite, images=args.images
+            )
+    except (CheckpointError, ValueError) as err:
+        print(f"hub.convert: {err}", file=sys.stderr)
+        return 2
     if difference != 0.0:
         shutil.rmtree(args.output, ignore_errors=True)
         print(f"hub.convert: scores changed by up to {difference:.3g}; output removed", file=sys.stderr)

@@ -5,7 +5,8 @@
 REFERENCE and CANDIDATE are any weights sources (``hf-hub:ORG/REPO@REV``, a layout folder, a
 ``.safetensors`` or ``.pth`` file). Reports tensor differences, score agreement on an image folder (or
 generated images), and, given an ``image,mos`` CSV, each checkpoint's SRCC/PLCC against the MOS.
-Exit code 0 when every score agrees within the tolerance, 1 otherwise, 2 when a checkpoint cannot be loaded.
+Exit code 0 when every score agrees within the tolerance, 1 otherwise, 2 when a checkpoint, the image
+folder or the MOS file cannot be used.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (CheckpointError, WeightsNotFoundError) as err:
         print(f"hub.verify: cannot load a checkpoint:\n{err}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as err:  # a malformed source, or an image folder or MOS file that cannot be used
+        print(f"hub.verify: {err}", file=sys.stderr)
         return 2
     tensors, scores = report["tensors"], report["scores"]
     print(f"reference: {report['reference']}\ncandidate: {report['candidate']}")

@@ -12,7 +12,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from qualiclip_metric.errors import ImageLoadError
 from qualiclip_metric.functional import score_batch
-from qualiclip_metric.inputs import DEFAULT_MAX_PIXELS, load_image, resize_longer_side
+from qualiclip_metric.inputs import (
+    DEFAULT_MAX_PIXELS,
+    MIN_IMAGE_SIDE,
+    load_image,
+    resize_longer_side,
+    validate_max_size,
+)
 from qualiclip_metric.model import QualiCLIP
 
 
@@ -89,6 +95,9 @@ def score_files(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if workers < 0:
         raise ValueError(f"workers must be at least 0, got {workers}")
+    validate_max_size(max_size)
+    if max_pixels is not None and max_pixels < MIN_IMAGE_SIDE**2:
+        raise ValueError(f"max_pixels must be None or at least {MIN_IMAGE_SIDE**2}, got {max_pixels}")
     loader = DataLoader(
         _ImageFiles(paths, max_size, max_pixels),
         batch_size=None,
@@ -104,6 +113,9 @@ def score_files(
     next_index = 0
     limit = max(1, buffer_batches) * batch_size
 
+    def fail(item: _Decoded, error: str) -> None:
+        done[item.index] = FileScore(item.index, item.path, width=item.size[0], height=item.size[1], error=error)
+
     def run(key: tuple[int, int]) -> None:
         nonlocal buffered
         items = buckets.pop(key)
@@ -113,11 +125,12 @@ def score_files(
             output = score_batch(model, batch, per_pair=per_pair).float().cpu()
         except (RuntimeError, ValueError) as err:  # e.g. out of memory for one huge size
             for item in items:
-                done[item.index] = FileScore(
-                    item.index, item.path, width=item.size[0], height=item.size[1], error=str(err)
-                )
+                fail(item, str(err))
             return
         for item, row in zip(items, output, strict=True):
+            if not torch.isfinite(row).all():  # overflow in fp16, say: a number that is no score
+                fail(item, f"{item.path}: the score is not finite ({row.tolist()}); try --precision fp32")
+                continue
             pairs = dict(zip(model.pair_names, row.tolist(), strict=True)) if per_pair else None
             score = float(row.mean()) if per_pair else float(row)
             done[item.index] = FileScore(item.index, item.path, score, item.size[0], item.size[1], pairs)

@@ -17,6 +17,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -94,8 +95,8 @@ def split_state(state: dict[str, object], origin: str) -> tuple[StateDict, State
 
 def read_torch_file(path: Path) -> dict[str, object]:
     """Load a ``.pth`` safely: tensors and plain containers only, never arbitrary objects."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:  # memory-mapped where the format allows it: the zip format of torch >= 1.6, not the legacy one
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err):
@@ -184,6 +185,33 @@ def read_checkpoint(path: str | os.PathLike, *, need_text: bool = False, verify:
     return Checkpoint(image_state, text_state, config, origin=str(path))
 
 
+def has_text_tower(path: str | os.PathLike) -> bool:
+    """Whether a local checkpoint holds the CLIP text tower (needed for custom prompts), without loading it."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / TEXT_FILE).is_file()
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            keys = list(handle.keys())
+    else:
+        keys = list(read_torch_file(path))
+    return any(key.removeprefix("module.").removeprefix(OFFICIAL_PREFIX).startswith(TEXT_PREFIXES) for key in keys)
+
+
+def _share_like_new_files(directory: Path) -> None:
+    """Give a staged folder and its files the modes the umask gives new ones (mkdtemp and safetensors use 0700/0600).
+
+    A converted layout in a shared Hugging Face cache must be readable by the cache's other users.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for file in directory.iterdir():
+        file.chmod(0o666 & ~umask)
+
+
 def _save_safetensors(tensors: StateDict, path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
@@ -210,6 +238,7 @@ def write_layout(
             _save_safetensors(checkpoint.text_state, staging / TEXT_FILE, {"format": base_config.format})
             files[TEXT_FILE] = sha256_file(staging / TEXT_FILE)
         (staging / CONFIG_FILE).write_text(replace(base_config, files=files).to_json(), encoding="utf-8")
+        _share_like_new_files(staging)
         if directory.exists():
             if not overwrite:
                 raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it")

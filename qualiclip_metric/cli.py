@@ -1,28 +1,56 @@
 """The ``qualiclip`` command.
 
 Exit codes: 0 every input was scored; 1 some inputs could not be scored (they are in the output
-with their error); 2 invalid arguments or no input images; 3 the weights could not be loaded.
+with their error); 2 invalid arguments, no input images, or an output that cannot be written;
+3 the weights could not be loaded; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
+import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_WEIGHTS = 0, 1, 2, 3
-OUTPUT_FORMATS = (".csv", ".json", ".jsonl")
+from qualiclip_metric.inputs import MIN_IMAGE_SIDE as MIN_SIDE
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_WEIGHTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+def _integer_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _integer_at_least(1)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
 
 
@@ -40,7 +68,10 @@ def _scoring_arguments(parser: argparse.ArgumentParser) -> None:
         help="images per forward pass (default: 1 on the CPU, where batching is slower, 16 on GPUs)",
     )
     parser.add_argument(
-        "--workers", type=int, default=2, help="decoding processes; 0 decodes in the main process (default 2)"
+        "--workers",
+        type=_integer_at_least(0),
+        default=2,
+        help="decoding processes; 0 decodes in the main process (default 2)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument(
@@ -59,12 +90,20 @@ def _scoring_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="like --fast, compiled with torch.compile (tens of seconds per image size; for same-size datasets)",
     )
-    parser.add_argument("--max-size", type=_positive_int, help="downscale images whose longer side exceeds this")
-    parser.add_argument("--max-pixels", type=_positive_int, help="refuse larger images (default about 89.5 megapixels)")
+    parser.add_argument(
+        "--max-size",
+        type=_integer_at_least(MIN_SIDE),
+        help=f"downscale images whose longer side exceeds this (at least {MIN_SIDE})",
+    )
+    parser.add_argument(
+        "--max-pixels", type=_integer_at_least(MIN_SIDE**2), help="refuse larger images (default about 89.5 megapixels)"
+    )
     parser.add_argument(
         "--weights", metavar="SOURCE", help="hf-hub:ORG/REPO[@REV], a layout folder, .safetensors or .pth"
     )
-    parser.add_argument("--temperature", type=float, help="softmax temperature (1 = official; 2 = pyiqa's numbers)")
+    parser.add_argument(
+        "--temperature", type=_positive_float, help="softmax temperature (1 = official; 2 = pyiqa's numbers)"
+    )
     _weights_arguments(parser)
 
 
@@ -106,10 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--scores", type=Path, required=True, help="image,mos CSV or a pyiqa meta_info_*.csv (NR or FR layout)"
     )
     evaluate.add_argument("--name", help="dataset name (default: from the CSV file name)")
-    evaluate.add_argument("--splits", type=int, default=10, help="random splits of the protocol (default 10)")
-    evaluate.add_argument("--test-fraction", type=float, default=0.2, help="test part of each split (default 0.2)")
+    evaluate.add_argument("--splits", type=_positive_int, default=10, help="random splits of the protocol (default 10)")
+    evaluate.add_argument("--test-fraction", type=_fraction, default=0.2, help="test part of each split (default 0.2)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the splits and the bootstrap (default 0)")
-    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples; 0 disables (default 1000)")
+    evaluate.add_argument(
+        "--bootstrap", type=_integer_at_least(0), default=1000, help="bootstrap resamples; 0 disables (default 1000)"
+    )
     evaluate.add_argument("--plot", type=Path, help="save a scatter plot with the fitted logistic (needs matplotlib)")
     evaluate.add_argument("--output", "-o", type=Path, help="write the full report as JSON")
     evaluate.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -142,31 +183,6 @@ def _pick_device(name: str, local_rank: int = 0) -> Any:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-class _Writer:
-    """Streams results as CSV or JSON lines, or collects them for one JSON document."""
-
-    def __init__(self, stream: IO[str], fmt: str, columns: list[str]):
-        self.stream, self.format, self.columns = stream, fmt, columns
-        self.rows: list[dict[str, Any]] = []
-        if fmt == ".csv":
-            self.csv = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-            self.csv.writeheader()
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.format == ".csv":
-            self.csv.writerow({k: ("" if v is None else v) for k, v in row.items()})
-        elif self.format == ".jsonl":
-            self.stream.write(json.dumps(row) + "\n")
-        else:
-            self.rows.append(row)
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.format == ".json":
-            json.dump(self.rows, self.stream, indent=2)
-            self.stream.write("\n")
 
 
 def _rows(results: Iterable[Any], pair_names: list[str]) -> Iterable[dict[str, Any]]:
@@ -225,15 +241,23 @@ def run_score(args: argparse.Namespace) -> int:
 
     from qualiclip_metric.distributed import gather_in_order, init_process_group, ranks_from_environment, shard
     from qualiclip_metric.inputs import collect_image_files
+    from qualiclip_metric.score_writer import OutputError, ScoreWriter, check_output
 
-    if args.output is not None and args.output.suffix.lower() not in OUTPUT_FORMATS:
-        print(f"qualiclip: --output must end in {', '.join(OUTPUT_FORMATS)}, got {args.output}", file=sys.stderr)
+    ranks = ranks_from_environment()
+    try:
+        if args.output is not None and ranks.is_main:
+            check_output(args.output)
+        if args.prompt_pair:
+            from qualiclip_metric.config import validate_prompt_pairs
+
+            validate_prompt_pairs(args.prompt_pair)
+    except (OutputError, ValueError) as err:
+        print(f"qualiclip: {err}", file=sys.stderr)
         return EXIT_USAGE
     files = collect_image_files(args.paths, recursive=args.recursive)
     if not files:
         print("qualiclip: no image files found in " + ", ".join(args.paths), file=sys.stderr)
         return EXIT_USAGE
-    ranks = ranks_from_environment()
     model = _load_model(args, prompts=args.prompt_pair, local_rank=ranks.local_rank)
     if isinstance(model, int):
         return model
@@ -248,12 +272,11 @@ def run_score(args: argparse.Namespace) -> int:
     else:
         results = _score_paths(args, model, files, per_pair=args.per_pair)
     pair_names = model.pair_names if args.per_pair else []
-    fmt = args.output.suffix.lower() if args.output else ".csv"
-    stream = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
-    writer = _Writer(stream, fmt, ["path", "score", "width", "height", *pair_names, "error"])
     scored, failed, total = 0, [], 0.0
     progress = tqdm(total=len(files), unit="img", file=sys.stderr, disable=True if args.quiet else None)
+    writer = None
     try:
+        writer = ScoreWriter(args.output, ["path", "score", "width", "height", *pair_names, "error"])
         for row in _rows(results, pair_names):
             writer.write(row)
             progress.update()
@@ -263,10 +286,20 @@ def run_score(args: argparse.Namespace) -> int:
             else:
                 failed.append(row)
         writer.close()
-    finally:
+    except OutputError as err:
         progress.close()
-        if args.output:
-            stream.close()
+        print(f"qualiclip: {err}; nothing was replaced", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        progress.close()
+        kept = writer.interrupt() if writer is not None else None
+        where = f"; the {writer.count} results so far are in {kept}" if kept else ""
+        print(
+            f"qualiclip: interrupted after {writer.count if writer else 0} of {len(files)} images{where}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    progress.close()
     elapsed = time.perf_counter() - start
     if not args.quiet:
         for row in failed:
@@ -284,10 +317,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from qualiclip_metric.datasets import read_csv_dataset
-    from qualiclip_metric.evaluation import bootstrap_intervals, correlations, split_protocol
+    from qualiclip_metric.evaluation import check_scores
+    from qualiclip_metric.score_writer import check_writable, write_json_atomically
 
     try:
+        for path in (args.output, args.plot):
+            if path is not None:
+                check_writable(path)
+        if args.plot is not None:
+            import importlib.util
+
+            if importlib.util.find_spec("matplotlib") is None:
+                raise ValueError('--plot needs matplotlib: pip install "qualiclip-metric[plot]"')
         dataset = read_csv_dataset(args.images, args.scores, name=args.name)
+        check_scores(dataset.scores, f"{args.scores}: the subjective scores")
     except (OSError, ValueError) as err:
         print(f"qualiclip: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -307,13 +350,47 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if len(rows) < 3:
         print(f"qualiclip: only {len(rows)} images could be scored; need at least 3", file=sys.stderr)
         return EXIT_SOME_FAILED
-    predicted = np.array([row["score"] for row in rows])
-    target = np.array([row["mos"] for row in rows])
-    orientation = {"target_higher_is_better": dataset.higher_is_better}
     groups = None
     if dataset.groups is not None:
         by_path = dict(zip(map(str, dataset.paths), dataset.groups, strict=True))
         groups = [by_path[row["path"]] for row in rows]
+    try:
+        report = _evaluation_report(args, dataset, source, rows, failed, groups)
+    except ValueError as err:  # e.g. a split whose test part has fewer than 3 images
+        print(f"qualiclip: cannot evaluate: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    _print_evaluation(report)
+    try:
+        if args.output:
+            write_json_atomically(args.output, report)
+        if args.plot:
+            from qualiclip_metric.plotting import scatter_with_logistic
+
+            scatter_with_logistic(
+                np.array([row["score"] for row in rows]),
+                np.array([row["mos"] for row in rows]),
+                args.plot,
+                title=f"{dataset.name}: SRCC {report['all_images']['srcc']:.3f}",
+                target_higher_is_better=dataset.higher_is_better,
+            )
+    except OSError as err:
+        print(f"qualiclip: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    for row in failed:
+        print(f"qualiclip: failed: {row['error']}", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _evaluation_report(
+    args: argparse.Namespace, dataset: Any, source: str, rows: list[dict], failed: list[dict], groups: Any
+) -> dict[str, Any]:
+    import numpy as np
+
+    from qualiclip_metric.evaluation import bootstrap_intervals, correlations, split_protocol
+
+    predicted = np.array([row["score"] for row in rows])
+    target = np.array([row["mos"] for row in rows])
+    orientation = {"target_higher_is_better": dataset.higher_is_better}
     report = {
         "dataset": dataset.name,
         "images": len(rows),
@@ -336,22 +413,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         report["bootstrap_95"] = bootstrap_intervals(
             predicted, target, samples=args.bootstrap, seed=args.seed, **orientation
         )
-    _print_evaluation(report)
-    if args.output:
-        args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    if args.plot:
-        from qualiclip_metric.plotting import scatter_with_logistic
-
-        scatter_with_logistic(
-            predicted,
-            target,
-            args.plot,
-            title=f"{dataset.name}: SRCC {report['all_images']['srcc']:.3f}",
-            target_higher_is_better=dataset.higher_is_better,
-        )
-    for row in failed:
-        print(f"qualiclip: failed: {row['error']}", file=sys.stderr)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    return report
 
 
 def _score_dataset(args: argparse.Namespace, model: Any, dataset: Any) -> tuple[list[dict], list[dict]]:
@@ -391,9 +453,13 @@ def _read_predictions(path: Path, dataset: Any) -> tuple[list[dict], list[dict]]
             failed.append({**row, "error": entry.get("error") or "empty score"})
         else:
             try:
-                rows.append({**row, "score": float(entry["score"])})
+                score = float(entry["score"])
             except ValueError:
-                failed.append({**row, "error": f"score {entry['score']!r} is not a number"})
+                score = math.nan
+            if math.isfinite(score):
+                rows.append({**row, "score": score})
+            else:
+                failed.append({**row, "error": f"score {entry['score']!r} is not a finite number"})
     return rows, failed
 
 
@@ -425,6 +491,9 @@ def run_download(args: argparse.Namespace) -> int:
     except (WeightsNotFoundError, CheckpointError) as err:
         print(f"qualiclip: {err}", file=sys.stderr)
         return EXIT_WEIGHTS
+    except ValueError as err:  # a malformed source such as hf-hub:a/b/c
+        print(f"qualiclip: {err}", file=sys.stderr)
+        return EXIT_USAGE
     print(checkpoint.origin)
     return EXIT_OK
 
@@ -463,11 +532,12 @@ def run_info(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "workers", 0) < 0:
-        print("qualiclip: --workers must be 0 or more", file=sys.stderr)
-        return EXIT_USAGE
     commands = {"score": run_score, "evaluate": run_evaluate, "download": run_download, "info": run_info}
-    return commands[args.command](args)
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:  # while loading or scoring; `score` keeps what it has written (see run_score)
+        print("qualiclip: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

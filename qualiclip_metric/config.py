@@ -51,6 +51,14 @@ def validate_prompt_pairs(pairs: Any) -> tuple[PromptPair, ...]:
         result.append((item[0], item[1]))
     if not result:
         raise ValueError("prompts must contain at least one (positive, negative) pair")
+    names: dict[str, PromptPair] = {}
+    for pair in result:
+        earlier = names.setdefault(pair_name(pair), pair)
+        if earlier is not pair:  # per-pair results are keyed by name: one would overwrite the other
+            raise ValueError(
+                f"prompt pairs {earlier!r} and {pair!r} share the name {pair_name(pair)!r}; "
+                "make them differ (a '/' inside a prompt can cause this)"
+            )
     return tuple(result)
 
 

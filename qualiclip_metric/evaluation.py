@@ -14,6 +14,17 @@ import numpy as np
 METRICS = ("srcc", "krcc", "plcc", "plcc_logistic", "rmse_logistic")
 
 
+def check_scores(scores: Sequence[float], what: str = "scores") -> np.ndarray:
+    """Scores as a float64 vector that correlations are defined for: finite, and not all equal."""
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise ValueError(f"{what}: {bad.size} of {values.size} are not finite numbers (first at position {bad[0]})")
+    if values.size and np.ptp(values) == 0:
+        raise ValueError(f"{what}: all {values.size} are equal ({values[0]:g}); correlations are undefined")
+    return values
+
+
 def _arrays(predicted: Sequence[float], target: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(predicted, dtype=np.float64).reshape(-1), np.asarray(target, dtype=np.float64).reshape(-1)
     if x.shape != y.shape:

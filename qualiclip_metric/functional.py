@@ -8,7 +8,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from qualiclip_metric.inputs import ImageLike, as_image_batch, load_image, resize_longer_side
+from qualiclip_metric.inputs import (
+    ImageLike,
+    as_image_batch,
+    load_image,
+    resize_longer_side,
+    validate_data_range,
+    validate_max_size,
+)
 from qualiclip_metric.model import QualiCLIP
 
 Reduction = Literal["none", "mean", "sum"]
@@ -61,6 +68,8 @@ def qualiclip_score(
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    validate_data_range(data_range)
+    validate_max_size(max_size)
     if isinstance(images, Tensor):
         batch = resize_longer_side(as_image_batch(images, data_range), max_size)
         model = model or default_model(images.device)

@@ -34,6 +34,34 @@ IMAGE_SUFFIXES = frozenset(
 ImageLike = Union[Tensor, "Image.Image", str, os.PathLike]
 
 
+def _positive_finite(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < float("inf"):
+        raise ValueError(f"Argument `{name}` must be a positive finite number, but got {value!r}")
+    return float(value)
+
+
+def validate_data_range(value: object) -> float:
+    """``data_range`` as a float, or a clear error for zero, negative, infinite, NaN or non-numbers."""
+    return _positive_finite("data_range", value)
+
+
+def validate_temperature(value: object) -> float:
+    """The softmax temperature as a float; 0, negative, infinite and NaN values are refused."""
+    return _positive_finite("temperature", value)
+
+
+def validate_max_size(value: object) -> int | None:
+    """``max_size`` (the longer side to downscale to): None, or an integer of at least the network's minimum."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"Argument `max_size` must be None or an integer of at least {MIN_IMAGE_SIDE} (the network's minimum "
+            f"side), but got {value!r}"
+        )
+    return value
+
+
 def _describe(images: Tensor) -> str:
     return f"a {images.dtype} tensor of shape {tuple(images.shape)}"
 
@@ -48,6 +76,7 @@ def as_image_batch(images: Tensor, data_range: float = 1.0, check_range: bool = 
     """
     if not isinstance(images, Tensor):
         raise TypeError(f"expected a torch.Tensor of images, got {type(images).__name__}")
+    data_range = validate_data_range(data_range)
     if images.ndim == 3:
         images = images.unsqueeze(0)
     if images.ndim != 4:
@@ -68,8 +97,6 @@ def as_image_batch(images: Tensor, data_range: float = 1.0, check_range: bool = 
     if images.dtype == torch.uint8:
         images = images.float() / 255.0
     elif images.is_floating_point():
-        if not float(data_range) > 0:
-            raise ValueError(f"data_range must be positive, got {data_range}")
         with torch.no_grad():
             finite = torch.isfinite(images).all()
             low, high = torch.aminmax(images)
@@ -95,10 +122,8 @@ def resize_longer_side(images: Tensor, max_size: int | None) -> Tensor:
 
     Differentiable. Images already small enough are returned unchanged.
     """
-    if max_size is None:
+    if validate_max_size(max_size) is None:
         return images
-    if max_size < MIN_IMAGE_SIDE:
-        raise ValueError(f"max_size must be at least {MIN_IMAGE_SIDE}, got {max_size}")
     h, w = images.shape[-2:]
     longer = max(h, w)
     if longer <= max_size:

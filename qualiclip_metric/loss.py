@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 
 from qualiclip_metric.config import PromptPair
 from qualiclip_metric.frozen import FrozenNetworkMixin, build_network
-from qualiclip_metric.inputs import as_image_batch, resize_longer_side
+from qualiclip_metric.inputs import as_image_batch, resize_longer_side, validate_data_range, validate_max_size
 from qualiclip_metric.model import Precision, QualiCLIP
 
 
@@ -48,12 +49,12 @@ class QualiCLIPLoss(FrozenNetworkMixin, nn.Module):
         super().__init__()
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        if not data_range > 0:
-            raise ValueError(f"data_range must be positive, got {data_range}")
+        if isinstance(loss_weight, bool) or not isinstance(loss_weight, (int, float)) or not math.isfinite(loss_weight):
+            raise ValueError(f"Argument `loss_weight` must be a finite number, but got {loss_weight!r}")
         self.loss_weight = float(loss_weight)
         self.reduction = reduction
-        self.data_range = float(data_range)
-        self.max_size = max_size
+        self.data_range = validate_data_range(data_range)
+        self.max_size = validate_max_size(max_size)
         self._hold_network(build_network(weights, temperature=temperature, precision=precision, prompts=prompts))
 
     def forward(self, images: Tensor) -> Tensor:

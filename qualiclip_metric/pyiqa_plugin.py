@@ -6,9 +6,14 @@ Registered names:
 - ``qualiclip-official``: the official scorer (temperature 1, fixed scale 100);
 - ``qualiclip-pyiqa``: pyiqa's own built-in implementation, kept reachable under a new name.
 
-Registration happens when ``qualiclip_metric`` is imported (at once if pyiqa is already imported,
-otherwise right after pyiqa is), and through pyiqa's ``pyiqa.archs`` entry-point group. It is
-idempotent.
+pyiqa reads its ``pyiqa.archs`` entry points only when it first looks up an arch, after
+``create_metric`` has checked its own table of names. So in a fresh process that never imported
+``qualiclip_metric``, the first ``create_metric("qualiclip")`` looks up pyiqa's arch name
+``QualiCLIP``: registration serves that name with :func:`qualiclip_arch`, which builds this package's
+network for plain QualiCLIP and pyiqa's own class for everything else (QualiCLIP+, other backbones).
+The other names exist once registration has run: after ``import qualiclip_metric``, or after pyiqa's
+first arch lookup. Registration also runs when ``qualiclip_metric`` is imported (at once if pyiqa is
+already imported, otherwise right after pyiqa is). It is idempotent.
 """
 
 from __future__ import annotations
@@ -24,11 +29,16 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from qualiclip_metric.config import PromptPair
-from qualiclip_metric.inputs import resize_longer_side
+from qualiclip_metric.inputs import resize_longer_side, validate_max_size
 from qualiclip_metric.model import Precision, QualiCLIP
 
 ARCH_NAME = "QualiCLIPMetricArch"
 PYIQA_BUILTIN_NAME = "qualiclip-pyiqa"
+#: pyiqa's arch name for QualiCLIP, served by :func:`qualiclip_arch`, and the name its own class keeps.
+PYIQA_ARCH_NAME = "QualiCLIP"
+PYIQA_BUILTIN_ARCH = "QualiCLIPPyiqa"
+#: Options only pyiqa's own class understands: with any of them, ``qualiclip_arch`` builds that class.
+PYIQA_ONLY_OPTIONS = frozenset({"backbone", "n_ctx", "ctx_init", "prompt_specific_ctx", "pretrained", "pos_embedding"})
 
 
 class QualiCLIPMetricArch(nn.Module):
@@ -53,6 +63,7 @@ class QualiCLIPMetricArch(nn.Module):
         fast: bool = False,
     ) -> None:
         super().__init__()
+        self.max_size = validate_max_size(max_size)
         if logit_scale not in ("checkpoint", "fixed"):
             raise ValueError(f"logit_scale must be 'checkpoint' or 'fixed', got {logit_scale!r}")
         if pretrained_model_path is not None and weights is not None:
@@ -68,7 +79,6 @@ class QualiCLIPMetricArch(nn.Module):
         )
         if logit_scale == "checkpoint":
             self.model.score_logit_scale = float(self.model.logit_scale.exp())
-        self.max_size = max_size
 
     def train(self, mode: bool = True) -> QualiCLIPMetricArch:
         super().train(mode)
@@ -78,6 +88,16 @@ class QualiCLIPMetricArch(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         # pyiqa's InferenceModel checks the range itself (check_input_range), and skips it for losses.
         return self.model(resize_longer_side(images, self.max_size), check_range=False).unsqueeze(1)
+
+
+def qualiclip_arch(model_type: str = "qualiclip", **options: Any) -> nn.Module:
+    """What pyiqa's ``QualiCLIP`` arch name builds: this package's network for ``model_type="qualiclip"``,
+    pyiqa's own class for the QualiCLIP+ prompt learners and options only it has."""
+    if model_type == "qualiclip" and not PYIQA_ONLY_OPTIONS & set(options):
+        return QualiCLIPMetricArch(**options)
+    from pyiqa.archs.qualiclip_arch import QualiCLIP as PyiqaQualiCLIP
+
+    return PyiqaQualiCLIP(model_type=model_type, **options)
 
 
 def _metric_config(temperature: float, logit_scale: str) -> dict[str, Any]:
@@ -91,13 +111,19 @@ def _metric_config(temperature: float, logit_scale: str) -> dict[str, Any]:
 
 def register() -> None:
     """Register the arch and the metric names with pyiqa (safe to call any number of times)."""
+    # pyiqa's module registers its class as "QualiCLIP" when imported: import it first, then take the name.
+    from pyiqa.archs.qualiclip_arch import QualiCLIP as PyiqaQualiCLIP
     from pyiqa.default_model_configs import DEFAULT_CONFIGS
     from pyiqa.utils.registry import ARCH_REGISTRY
 
     ARCH_REGISTRY.register(QualiCLIPMetricArch, name=ARCH_NAME, override=True)
-    builtin = DEFAULT_CONFIGS.get("qualiclip")
-    if builtin is not None and builtin.get("metric_opts", {}).get("type") != ARCH_NAME:
-        DEFAULT_CONFIGS.setdefault(PYIQA_BUILTIN_NAME, copy.deepcopy(builtin))
+    ARCH_REGISTRY.register(PyiqaQualiCLIP, name=PYIQA_BUILTIN_ARCH, override=True)
+    ARCH_REGISTRY.register(qualiclip_arch, name=PYIQA_ARCH_NAME, override=True)
+    builtin = DEFAULT_CONFIGS.get("qualiclip", {})
+    if PYIQA_BUILTIN_NAME not in DEFAULT_CONFIGS and builtin.get("metric_opts", {}).get("type") == PYIQA_ARCH_NAME:
+        pyiqa_config = copy.deepcopy(builtin)  # pyiqa's own numbers and class, under a name of their own
+        pyiqa_config["metric_opts"]["type"] = PYIQA_BUILTIN_ARCH
+        DEFAULT_CONFIGS[PYIQA_BUILTIN_NAME] = pyiqa_config
     DEFAULT_CONFIGS["qualiclip"] = _metric_config(2.0, "checkpoint")
     DEFAULT_CONFIGS["qualiclip-official"] = _metric_config(1.0, "fixed")
 

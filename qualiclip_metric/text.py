@@ -24,6 +24,15 @@ def encode_prompt_pairs(
     import open_clip
 
     pairs = validate_prompt_pairs(pairs)
+    tokenizer = open_clip.get_tokenizer(ARCHITECTURE)
+    texts = [text for pair in pairs for text in pair]
+    for text in texts:
+        tokens = len(tokenizer.encode(text)) + 2  # with the start and end tokens
+        if tokens > tokenizer.context_length:
+            raise ValueError(
+                f"prompt {text!r} is {tokens} tokens long; CLIP reads at most {tokenizer.context_length} "
+                "(including start and end), so it would be cut: shorten it"
+            )
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)  # open_clip logs a warning for every model built without weights
@@ -39,8 +48,6 @@ def encode_prompt_pairs(
         raise CheckpointError(f"{origin}: incomplete text tower: missing {missing[:4]}, wrong shapes {wrong[:4]}")
     clip.load_state_dict({k: text_state[k] for k in expected}, strict=False)
     clip.eval()
-    tokenizer = open_clip.get_tokenizer(ARCHITECTURE)
-    texts = [text for pair in pairs for text in pair]
     with torch.inference_mode():
         features = clip.encode_text(tokenizer(texts))
     return F.normalize(features.float(), dim=-1).clone()

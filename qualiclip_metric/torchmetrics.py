@@ -14,6 +14,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 from qualiclip_metric.config import PromptPair
 from qualiclip_metric.frozen import FrozenNetworkMixin, build_network
 from qualiclip_metric.functional import qualiclip_score
+from qualiclip_metric.inputs import validate_data_range, validate_max_size
 from qualiclip_metric.model import Precision, QualiCLIP
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -62,13 +63,9 @@ class QualiCLIPScore(FrozenNetworkMixin, Metric):
         super().__init__(**kwargs)
         if reduction not in REDUCTIONS:
             raise ValueError(f"Argument `reduction` must be one of {REDUCTIONS}, but got {reduction!r}")
-        if not (isinstance(data_range, (int, float)) and data_range > 0):
-            raise ValueError(f"Argument `data_range` must be a positive number, but got {data_range!r}")
-        if max_size is not None and not (isinstance(max_size, int) and max_size > 0):
-            raise ValueError(f"Argument `max_size` must be a positive integer or None, but got {max_size!r}")
         self.reduction = reduction
-        self.data_range = float(data_range)
-        self.max_size = max_size
+        self.data_range = validate_data_range(data_range)
+        self.max_size = validate_max_size(max_size)
         self._hold_network(
             build_network(weights, temperature=temperature, precision=precision, prompts=prompts, fast=fast)
         )

@@ -1,0 +1,174 @@
+"""Writing per-image results as CSV, JSON lines or one JSON document, without ever losing a file.
+
+Output goes to a temporary file beside the target and replaces it only when the run is complete, so an
+existing result survives a failed or interrupted run. Every value written is valid in its format: JSON
+never holds NaN, and CSV text cells that a spreadsheet would run as a formula are quoted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+FORMATS = (".csv", ".json", ".jsonl")
+#: First characters that make a spreadsheet treat a cell as a formula (OWASP's list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class OutputError(OSError):
+    """The output file cannot be written: a missing folder, a directory in its place, no permission, a full disk."""
+
+
+def check_output(path: Path) -> None:
+    """Refuse, before any work, an output that cannot be written; creates nothing that stays."""
+    if path.suffix.lower() not in FORMATS:
+        raise OutputError(f"--output must end in {', '.join(FORMATS)}, got {path}")
+    check_writable(path)
+
+
+def check_writable(path: Path) -> None:
+    """Refuse a path whose folder is missing or read-only, or that names a directory (any file type)."""
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; give a file name")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{path}: the folder {folder} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".check"):
+            pass
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write in {folder}: {err.strerror or err}") from err
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell that would start a formula in a spreadsheet, prefixed with ``'`` (shown, not run)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN or Infinity: such numbers become null, inside lists and mappings too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
+def write_json_atomically(path: Path, document: Any) -> None:
+    """One JSON document written beside ``path`` and renamed over it; non-finite numbers become null."""
+    text = json.dumps(finite_or_none(document), indent=2, allow_nan=False) + "\n"
+    with _Staged(path) as staged:
+        staged.stream.write(text)
+
+
+class _Staged:
+    """A temporary file beside ``path``: ``commit`` renames it into place, ``discard`` removes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        folder = path.parent if str(path.parent) else Path(".")
+        try:
+            handle, name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".partial")
+        except OSError as err:
+            raise OutputError(f"{path}: cannot write in {folder}: {err.strerror or err}") from err
+        self.temporary = Path(name)
+        self.stream: IO[str] = os.fdopen(handle, "w", encoding="utf-8", newline="")
+
+    def __enter__(self) -> _Staged:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def commit(self, target: Path | None = None) -> Path:
+        target = target or self.path
+        try:
+            self.stream.flush()
+            os.fsync(self.stream.fileno())
+            self.stream.close()
+            umask = os.umask(0)
+            os.umask(umask)
+            self.temporary.chmod(0o666 & ~umask)  # mkstemp makes 0600 files; results are for sharing
+            os.replace(self.temporary, target)
+        except OSError as err:
+            self.discard()
+            raise OutputError(f"{target}: cannot write: {err.strerror or err}") from err
+        return target
+
+    def discard(self) -> None:
+        if not self.stream.closed:
+            self.stream.close()
+        self.temporary.unlink(missing_ok=True)
+
+
+class ScoreWriter:
+    """Rows of one run to a file (``path``) or to standard output, in the format of the file's suffix.
+
+    CSV and JSON lines are written and flushed row by row; a JSON document is written at the end.
+    :meth:`close` puts the complete file in place; :meth:`interrupt` keeps the rows written so far
+    without replacing a file that existed before the run.
+    """
+
+    def __init__(self, path: Path | None, columns: list[str]) -> None:
+        self.path, self.columns = path, columns
+        self.format = path.suffix.lower() if path is not None else ".csv"
+        self.rows: list[dict[str, Any]] = []
+        self.count = 0
+        self._staged = _Staged(path) if path is not None else None
+        self.stream: IO[str] = self._staged.stream if self._staged else sys.stdout
+        if self.format == ".csv":
+            self.csv = csv.DictWriter(self.stream, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+            self._guard(self.csv.writeheader)
+
+    def _guard(self, action: Any, *args: Any) -> None:
+        try:
+            action(*args)
+            self.stream.flush()
+        except OSError as err:  # a full disk, say
+            if self._staged is not None:
+                self._staged.discard()
+            raise OutputError(f"{self.path or 'standard output'}: cannot write: {err.strerror or err}") from err
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.count += 1
+        if self.format == ".csv":
+            self._guard(self.csv.writerow, {k: ("" if v is None else spreadsheet_safe(v)) for k, v in row.items()})
+        elif self.format == ".jsonl":
+            self._guard(self.stream.write, json.dumps(finite_or_none(row), allow_nan=False) + "\n")
+        else:
+            self.rows.append(row)
+
+    def _finish_document(self) -> None:
+        if self.format == ".json":
+            self._guard(self.stream.write, json.dumps(finite_or_none(self.rows), indent=2, allow_nan=False) + "\n")
+
+    def close(self) -> None:
+        """Complete the output and put it in place (replacing an older file of that name)."""
+        self._finish_document()
+        if self._staged is not None:
+            self._staged.commit()
+
+    def interrupt(self) -> Path | None:
+        """Keep the rows written so far: at ``path`` if nothing was there, else beside it as ``path.partial``."""
+        if self._staged is None:
+            return None
+        self._finish_document()
+        target = self.path if not self.path.exists() else self.path.with_name(self.path.name + ".partial")
+        return self._staged.commit(target)
+
+    def discard(self) -> None:
+        if self._staged is not None:
+            self._staged.discard()
