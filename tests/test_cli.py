@@ -124,7 +124,9 @@ def test_score_under_torchrun_merges_the_shards_in_input_order(folder, official_
     """Two gloo processes: one output with every file once, in input order, with the single-process scores."""
     single, merged = tmp_path / "single.jsonl", tmp_path / "merged.jsonl"
     common = ["score", folder, "--weights", official_pth, "--workers", "0", "--quiet", "--per-pair"]
-    assert run([*common, "--output", single]).returncode == 1  # the folder holds corrupt files
+    # One thread in both runs, as torchrun gives each rank: the fp32 sums then run in the same order.
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    assert run([*common, "--output", single], one_thread).returncode == 1  # the folder holds corrupt files
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     command = [*torchrun, "-m", "qualiclip_metric", *map(str, common), "--output", str(merged)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
