@@ -13,7 +13,14 @@ from PIL import Image
 
 pyiqa = pytest.importorskip("pyiqa")
 
-from qualiclip_metric.pyiqa_plugin import ARCH_NAME, PYIQA_BUILTIN_NAME, QualiCLIPMetricArch, register  # noqa: E402
+from qualiclip_metric.pyiqa_plugin import (  # noqa: E402
+    ARCH_NAME,
+    PYIQA_BUILTIN_ARCH,
+    PYIQA_BUILTIN_NAME,
+    QualiCLIPMetricArch,
+    qualiclip_arch,
+    register,
+)
 
 NAMES = ["qualiclip", "qualiclip-official"]
 
@@ -105,8 +112,10 @@ def test_registration_is_idempotent():
     register()
     register()
     assert {name: DEFAULT_CONFIGS[name] for name in before} == before
-    assert DEFAULT_CONFIGS[PYIQA_BUILTIN_NAME]["metric_opts"]["type"] == "QualiCLIP"
+    assert DEFAULT_CONFIGS[PYIQA_BUILTIN_NAME]["metric_opts"]["type"] == PYIQA_BUILTIN_ARCH
+    assert ARCH_REGISTRY.get(PYIQA_BUILTIN_ARCH).__module__ == "pyiqa.archs.qualiclip_arch"
     assert ARCH_REGISTRY.get(ARCH_NAME) is QualiCLIPMetricArch
+    assert ARCH_REGISTRY.get("QualiCLIP") is qualiclip_arch  # pyiqa's name, as a fresh process looks it up
 
 
 def test_entry_point_is_declared():

@@ -23,7 +23,6 @@ from PIL import Image
 from qualiclip_metric import QualiCLIP
 from qualiclip_metric.distributed import Ranks
 from training import config as config_io
-from training.errors import TrainingStateError
 from training.engine import (
     EngineConfig,
     StepBatchSampler,
@@ -33,6 +32,7 @@ from training.engine import (
     load_training_state,
     read_metrics,
 )
+from training.errors import TrainingStateError
 from training.qualiclip.task import LAYOUT_DIR, OFFICIAL_FILE, QualiCLIPTask, QualiCLIPTrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
