@@ -200,16 +200,22 @@ def has_text_tower(path: str | os.PathLike) -> bool:
     return any(key.removeprefix("module.").removeprefix(OFFICIAL_PREFIX).startswith(TEXT_PREFIXES) for key in keys)
 
 
-def _share_like_new_files(directory: Path) -> None:
-    """Give a staged folder and its files the modes the umask gives new ones (mkdtemp and safetensors use 0700/0600).
+def umask_mode(directory: bool = False) -> int:
+    """The mode ``open``/``mkdir`` give a new file or folder under the process umask.
 
-    A converted layout in a shared Hugging Face cache must be readable by the cache's other users.
+    ``mkdtemp``, ``mkstemp`` and safetensors create 0700/0600 instead, which other users of a shared
+    cache or results folder cannot read.
     """
     umask = os.umask(0)
     os.umask(umask)
-    directory.chmod(0o777 & ~umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def _share_like_new_files(directory: Path) -> None:
+    """Give a staged folder and its files the modes of newly created ones."""
+    directory.chmod(umask_mode(directory=True))
     for file in directory.iterdir():
-        file.chmod(0o666 & ~umask)
+        file.chmod(umask_mode())
 
 
 def _save_safetensors(tensors: StateDict, path: Path, metadata: dict[str, str]) -> None:

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+from qualiclip_metric.checkpoint import umask_mode
+
 FORMATS = (".csv", ".json", ".jsonl")
 #: First characters that make a spreadsheet treat a cell as a formula (OWASP's list).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -99,9 +101,7 @@ class _Staged:
             self.stream.flush()
             os.fsync(self.stream.fileno())
             self.stream.close()
-            umask = os.umask(0)
-            os.umask(umask)
-            self.temporary.chmod(0o666 & ~umask)  # mkstemp makes 0600 files; results are for sharing
+            self.temporary.chmod(umask_mode())  # mkstemp makes 0600 files; results are for sharing
             os.replace(self.temporary, target)
         except OSError as err:
             self.discard()

@@ -343,12 +343,10 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     :class:`TrainingStateError` for empty, truncated or foreign files.
     """
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise TrainingStateError(f"{path}: empty file, not a training checkpoint")
     try:
-        if path.stat().st_size == 0:
-            raise TrainingStateError(f"{path}: empty file, not a training checkpoint")
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except TrainingStateError:
-        raise
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err):
