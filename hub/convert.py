@@ -19,14 +19,18 @@ import torch
 
 from hub.compare import probe_images, score_all
 from qualiclip_metric import CheckpointError, QualiCLIP
-from qualiclip_metric.checkpoint import has_text_tower
+from qualiclip_metric.checkpoint import has_text_tower, read_checkpoint
+from qualiclip_metric.integrity import sha256_file
 from qualiclip_metric.weights import convert_to_layout
 
 
 def convert(source: Path, output: Path, *, include_text: bool, overwrite: bool, images: Path | None) -> float:
     """Write the layout and return the largest score difference against the source (0.0 when exact)."""
-    provenance = {"source": str(source.name)}
-    convert_to_layout(source, output, provenance, include_text=include_text, overwrite=overwrite)
+    provenance: dict[str, object] = {"source": str(source.name)}
+    if source.is_file():
+        provenance["source_sha256"] = sha256_file(source)
+    checkpoint = read_checkpoint(source, need_text=include_text)
+    convert_to_layout(checkpoint, output, provenance, include_text=include_text, overwrite=overwrite)
     probes = probe_images(images)
     before = score_all(QualiCLIP.from_pretrained(source), probes)
     after = score_all(QualiCLIP.from_pretrained(output), probes)

@@ -8,6 +8,7 @@ from qualiclip_metric.functional import qualiclip_score
 from qualiclip_metric.inputs import load_image
 from qualiclip_metric.loss import QualiCLIPLoss
 from qualiclip_metric.model import QualiCLIP
+from qualiclip_metric.pretrained import list_pretrained
 from qualiclip_metric.pyiqa_plugin import install as _install_pyiqa_plugin
 
 _install_pyiqa_plugin()
@@ -32,6 +33,7 @@ __all__ = [
     "QualiCLIPScore",
     "WeightsNotFoundError",
     "__version__",
+    "list_pretrained",
     "load_image",
     "qualiclip_score",
 ]

@@ -11,7 +11,6 @@ tensor file). The official layout is one ``torch.save`` state dict with ``prompt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from qualiclip_metric.config import QualiCLIPConfig, validate_prompt_pairs
 from qualiclip_metric.errors import CheckpointError
+from qualiclip_metric.integrity import Verify, sha256_file, verify_sha256
 
 MODEL_FILE = "model.safetensors"
 TEXT_FILE = "text.safetensors"
@@ -50,14 +50,6 @@ class Checkpoint:
     config: QualiCLIPConfig
     #: Where the tensors were read from, for error messages and ``qualiclip info``.
     origin: str
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def split_state(state: dict[str, object], origin: str) -> tuple[StateDict, StateDict | None]:
@@ -130,21 +122,16 @@ def _config_from_metadata(metadata: dict[str, str], origin: str) -> QualiCLIPCon
         raise CheckpointError(f"{origin}: invalid config in safetensors metadata: {err}") from err
 
 
-def verify_files(directory: Path, config: QualiCLIPConfig, names: list[str]) -> None:
-    """Compare each file's sha256 with the value recorded in ``config.json``."""
+def verify_files(directory: Path, config: QualiCLIPConfig, names: list[str], verify: Verify = True) -> None:
+    """Compare each file's sha256 with the value recorded in ``config.json`` (see :mod:`~.integrity`)."""
     for name in names:
         expected = config.files.get(name)
         if expected is None:
             raise CheckpointError(f"{directory / CONFIG_FILE}: records no sha256 for {name}")
-        actual = sha256_file(directory / name)
-        if actual != expected:
-            raise CheckpointError(
-                f"{directory / name}: sha256 mismatch (expected {expected}, got {actual}); "
-                "the file is truncated, corrupt or was modified; delete it and download again"
-            )
+        verify_sha256(directory / name, expected, verify=verify)
 
 
-def read_layout(directory: Path, *, need_text: bool = False, verify: bool = True) -> Checkpoint:
+def read_layout(directory: Path, *, need_text: bool = False, verify: Verify = True) -> Checkpoint:
     """Read a directory in our Hub layout."""
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
@@ -155,8 +142,7 @@ def read_layout(directory: Path, *, need_text: bool = False, verify: bool = True
         if not (directory / name).is_file():
             what = "custom prompts need the text tower, and " if name == TEXT_FILE else ""
             raise CheckpointError(f"{directory}: {what}{name} is missing")
-    if verify:
-        verify_files(directory, config, names)
+    verify_files(directory, config, names, verify)
     image, _ = read_safetensors(directory / MODEL_FILE)
     image_state, stray_text = split_state(image, str(directory / MODEL_FILE))
     text_state = None
@@ -166,8 +152,11 @@ def read_layout(directory: Path, *, need_text: bool = False, verify: bool = True
     return Checkpoint(image_state, text_state, config, origin=str(directory))
 
 
-def read_checkpoint(path: str | os.PathLike, *, need_text: bool = False, verify: bool = True) -> Checkpoint:
-    """Read any supported local checkpoint: our layout directory, ``.safetensors`` or ``.pth``."""
+def read_checkpoint(path: str | os.PathLike, *, need_text: bool = False, verify: Verify = True) -> Checkpoint:
+    """Read any supported local checkpoint: our layout directory, ``.safetensors`` or ``.pth``.
+
+    ``verify`` applies to layout folders, whose ``config.json`` records the hash of every tensor file.
+    """
     path = Path(path).expanduser()
     if path.is_dir():
         return read_layout(path, need_text=need_text, verify=verify)

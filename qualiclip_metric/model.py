@@ -23,6 +23,7 @@ from qualiclip_metric.config import (
 )
 from qualiclip_metric.errors import CheckpointError
 from qualiclip_metric.inputs import as_image_batch, validate_temperature
+from qualiclip_metric.integrity import Verify
 
 if TYPE_CHECKING:
     from qualiclip_metric.checkpoint import Checkpoint
@@ -369,6 +370,7 @@ class QualiCLIP(nn.Module):
         cls,
         source: str | Path | None = None,
         *,
+        prompt_learner: str | Path | None = None,
         revision: str | None = None,
         cache_dir: str | Path | None = None,
         local_files_only: bool = False,
@@ -378,15 +380,33 @@ class QualiCLIP(nn.Module):
         fast: bool = False,
         compiled: bool = False,
         device: str | torch.device | None = None,
-        verify: bool = True,
+        verify: Verify = True,
     ) -> QualiCLIP:
         """Load QualiCLIP weights.
 
-        ``source`` is ``None`` (the project's Hub release, falling back to pyiqa's mirror),
-        ``"hf-hub:ORG/REPO[@REVISION]"``, a local directory in the Hub layout, a ``.safetensors``
-        file, or an official/pyiqa ``.pth``. ``prompts`` replaces the seven antonym pairs and needs
-        the text tower. ``verify`` checks the sha256 of every file listed in ``config.json``.
-        ``fast`` and ``compiled`` select the inference-only trunk (see :attr:`fast`).
+        Args:
+            source: a registry name (``None`` is ``"qualiclip"``; see
+                :func:`qualiclip_metric.list_pretrained`), ``"hf-hub:ORG/REPO[@REVISION]"``, a folder in
+                the package's layout, a ``.safetensors`` file, or an official/pyiqa ``.pth``.
+            prompt_learner: a QualiCLIP+ prompt learner in pyiqa's file layout; its learned prompts are
+                encoded with the text tower of ``source`` and replace the antonym prompts.
+            revision: branch, tag or commit of an ``hf-hub:`` source (registry names are pinned).
+            cache_dir: Hugging Face hub cache to use instead of ``HF_HUB_CACHE``.
+            local_files_only: never download (like ``HF_HUB_OFFLINE=1``).
+            prompts: antonym pairs that replace the seven defaults; they need the text tower.
+            temperature: softmax temperature; default the checkpoint's (1, or 2 for QualiCLIP+).
+            precision: "fp32" (strict), "tf32", "bf16" or "fp16".
+            fast: score through the inference-only trunk (see :attr:`fast`); ``compiled`` also compiles it.
+            device: where to put the model.
+            verify: check every file's sha256: ``True`` trusts a file verified before and unchanged since,
+                ``"always"`` hashes every time, ``False`` never does.
+
+        Raises:
+            WeightsNotFoundError: the weights cannot be had from here (the message lists what was tried).
+            CheckpointError: a file is corrupt, differs from its recorded hash, or is not QualiCLIP.
+
+        Examples:
+            >>> model = QualiCLIP.from_pretrained("qualiclip+-spaq")  # doctest: +SKIP
         """
         from qualiclip_metric.weights import load_checkpoint
 
@@ -397,6 +417,7 @@ class QualiCLIP(nn.Module):
             local_files_only=local_files_only,
             need_text=prompts is not None,
             verify=verify,
+            prompt_learner=prompt_learner,
         )
         model = cls.from_checkpoint(
             checkpoint, prompts=prompts, temperature=temperature, precision=precision, fast=fast, compiled=compiled

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -23,6 +24,8 @@ from qualiclip_metric.config import DEFAULT_PROMPT_PAIRS
 
 # No test may reach the network: huggingface_hub reads this when it is first imported, after this file.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Converted copies and verification stamps go to the assets cache: never the user's during tests.
+os.environ["HF_ASSETS_CACHE"] = tempfile.mkdtemp(prefix="qualiclip-test-assets-")
 SEED = 1234
 
 
@@ -131,3 +134,95 @@ def pyiqa_reference(official_pth: Path, clip_parts):
         return net.eval()
 
     return build
+
+
+PROMPT_TEXTS = [text for pair in DEFAULT_PROMPT_PAIRS for text in pair]
+
+
+@pytest.fixture(scope="session")
+def prompt_learner_files(clip_parts, weights_dir: Path) -> dict[str, Path]:
+    """QualiCLIP+ prompt learners in pyiqa's file layout, made by pyiqa's own ``PromptLearner`` class.
+
+    One file per dataset name, each with its own random context (std 0.3, so that the learned prompts
+    move scores well away from QualiCLIP's), on the random CLIP of ``clip_parts``.
+    """
+    pytest.importorskip("pyiqa")
+    from pyiqa.archs.clip_model import build_model
+    from pyiqa.archs.qualiclip_arch import PromptLearner
+
+    clip = build_model(dict(clip_parts[0])).float()
+    files = {}
+    for index, key in enumerate(("koniq", "clive", "flive", "spaq")):
+        torch.manual_seed(100 + index)
+        learner = PromptLearner(clip, PROMPT_TEXTS, n_ctx=16, prompt_specific_ctx=True)
+        with torch.no_grad():
+            learner.ctx.normal_(0, 0.3)
+        files[key] = weights_dir / f"QualiCLIP+_{key}.pth"
+        torch.save({"params": {f"prompt_learner.{k}": v.clone() for k, v in learner.state_dict().items()}}, files[key])
+    return files
+
+
+@pytest.fixture(scope="session")
+def pyiqa_plus_reference(official_pth: Path, clip_parts):
+    """pyiqa's own QualiCLIP+ arch on the random CLIP, with its prompt learner read from a local file."""
+    pytest.importorskip("pyiqa")
+    import pyiqa.archs.arch_util as arch_util
+    import pyiqa.archs.qualiclip_arch as arch
+    from pyiqa.archs.clip_model import build_model
+
+    def build(learner: Path, model_type: str = "qualiclip+-spaq"):
+        def local(url: str, *args, **kwargs) -> str:
+            return str(official_pth if url.endswith("/QualiCLIP.pth") else learner)
+
+        with (
+            mock.patch.object(arch, "load", lambda name, device: build_model(dict(clip_parts[0])).float()),
+            mock.patch.object(arch, "load_file_from_url", local),
+            mock.patch.object(arch_util, "load_file_from_url", local),
+        ):
+            return arch.QualiCLIP(model_type=model_type, pretrained=True).eval()
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def registry_files(official_pth: Path, prompt_learner_files) -> dict[str, tuple[Path, str, int]]:
+    """The generated stand-ins for the registry's files: path, sha256 and size by file name."""
+    from qualiclip_metric.integrity import sha256_file
+
+    files = {"QualiCLIP.pth": official_pth, **{path.name: path for path in prompt_learner_files.values()}}
+    return {name: (path, sha256_file(path), path.stat().st_size) for name, path in files.items()}
+
+
+@pytest.fixture(scope="session")
+def pinned_hub_cache(registry_files, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hub cache holding the generated registry files at the pinned commit (tests only read it)."""
+    from hubcache import prefill
+
+    from qualiclip_metric import pretrained
+
+    cache = tmp_path_factory.mktemp("pinned") / "hub"
+    prefill(
+        cache,
+        pretrained.PYIQA_REPO,
+        {name: path for name, (path, _, _) in registry_files.items()},
+        pretrained.PYIQA_COMMIT,
+    )
+    return cache
+
+
+@pytest.fixture
+def pinned_registry(registry_files, pinned_hub_cache: Path, tmp_path: Path, monkeypatch) -> Path:
+    """The registry pinned to the generated files' hashes, an empty assets cache, and the hub cache holding them.
+
+    The generated files stand in for the real ones (which hold the real weights): every registry entry
+    keeps its repository, file names and commit, only its sha256 and size become those of the files here.
+    Returns the hub cache.
+    """
+    from hubcache import pin_to
+
+    from qualiclip_metric import pretrained
+
+    pinned = {name: pin_to(entry, registry_files) for name, entry in pretrained.REGISTRY.items()}
+    monkeypatch.setattr(pretrained, "REGISTRY", pinned)
+    monkeypatch.setenv("HF_ASSETS_CACHE", str(tmp_path / "assets"))
+    return pinned_hub_cache

@@ -7,7 +7,7 @@ from hubcache import prefill
 
 from qualiclip_metric import CheckpointError, QualiCLIP, WeightsNotFoundError
 from qualiclip_metric.checkpoint import read_checkpoint, write_layout
-from qualiclip_metric.weights import CONVERTED_DIR, PYIQA_MIRROR_FILE, PYIQA_MIRROR_REPO, parse_hub_source
+from qualiclip_metric.weights import parse_hub_source
 
 REPO = "someone/qualiclip-test"
 COMMIT_V1 = "1" * 40
@@ -83,33 +83,11 @@ def test_custom_prompts_fetch_the_text_tower(layout_dir, tmp_path):
     assert model.pair_names == ["a/b"]
 
 
-def test_default_source_is_the_project_repo(layout_dir, tmp_path, images, expected, monkeypatch):
-    monkeypatch.setenv("QUALICLIP_HUB_REPO", REPO)
-    prefill(tmp_path, REPO, layout_files(layout_dir), COMMIT_V1)
-    assert torch.equal(score(images, cache_dir=tmp_path), expected)
-
-
-def test_fallback_converts_the_pyiqa_mirror_once(official_pth, tmp_path, images, expected, monkeypatch):
-    monkeypatch.setenv("QUALICLIP_HUB_REPO", REPO)  # not in the cache: unavailable
-    snapshot = prefill(tmp_path, PYIQA_MIRROR_REPO, {PYIQA_MIRROR_FILE: official_pth}, COMMIT_V1)
-    assert torch.equal(score(images, cache_dir=tmp_path), expected)
-    converted = next((tmp_path / CONVERTED_DIR).iterdir())
-    config = (converted / "config.json").read_text()
-    assert COMMIT_V1 in config and "source_sha256" in config and "IQA-PyTorch-Weights" in config
-    stamp = (converted / "model.safetensors").stat().st_mtime_ns
-    # From then on the converted copy is used: even with the .pth gone from the cache.
-    (snapshot / PYIQA_MIRROR_FILE).resolve().unlink()
-    (snapshot / PYIQA_MIRROR_FILE).unlink()
-    assert torch.equal(score(images, cache_dir=tmp_path), expected)
-    assert (converted / "model.safetensors").stat().st_mtime_ns == stamp
-
-
-def test_nothing_cached_offline_lists_sources_and_fixes(tmp_path, monkeypatch):
-    monkeypatch.setenv("QUALICLIP_HUB_REPO", REPO)
+def test_an_uncached_hub_source_offline_says_what_was_tried(tmp_path):
     with pytest.raises(WeightsNotFoundError) as info:
-        QualiCLIP.from_pretrained(cache_dir=tmp_path, local_files_only=True)
+        QualiCLIP.from_pretrained(f"hf-hub:{REPO}", cache_dir=tmp_path, local_files_only=True)
     message = str(info.value)
-    assert f"hf-hub:{REPO}" in message and PYIQA_MIRROR_REPO in message
+    assert f"hf-hub:{REPO} (config.json): not in the cache, and downloads are off" in message
     assert "qualiclip download" in message and "HF_HUB_CACHE" in message and "local_files_only" in message
 
 
