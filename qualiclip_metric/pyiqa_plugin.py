@@ -4,7 +4,13 @@ Registered names:
 
 - ``qualiclip``: this package's network with pyiqa's numbers (temperature 2, scale exp(logit_scale));
 - ``qualiclip-official``: the official scorer (temperature 1, fixed scale 100);
-- ``qualiclip-pyiqa``: pyiqa's own built-in implementation, kept reachable under a new name.
+- ``qualiclip+`` (KonIQ), ``qualiclip+-clive``, ``qualiclip+-flive``, ``qualiclip+-spaq``: QualiCLIP+ from
+  the registry, its learned prompts encoded once, so a forward costs what QualiCLIP's does;
+- ``qualiclip-pyiqa``, ``qualiclip+-pyiqa``, ``qualiclip+-clive-pyiqa``...: pyiqa's own built-in classes,
+  kept reachable under new names.
+
+``pretrained_model_path=`` takes what pyiqa's takes: for the QualiCLIP+ names a prompt-learner file
+in pyiqa's layout (encoded with the registry's QualiCLIP text tower), or any full checkpoint.
 
 pyiqa reads its ``pyiqa.archs`` entry points only when it first looks up an arch, after
 ``create_metric`` has checked its own table of names. So in a fresh process that never imported
@@ -33,20 +39,24 @@ from qualiclip_metric.inputs import resize_longer_side, validate_max_size
 from qualiclip_metric.model import Precision, QualiCLIP
 
 ARCH_NAME = "QualiCLIPMetricArch"
+#: pyiqa's own QualiCLIP, under a name of its own (its QualiCLIP+ classes follow as ``<name>-pyiqa``).
 PYIQA_BUILTIN_NAME = "qualiclip-pyiqa"
 #: pyiqa's arch name for QualiCLIP, served by :func:`qualiclip_arch`, and the name its own class keeps.
 PYIQA_ARCH_NAME = "QualiCLIP"
 PYIQA_BUILTIN_ARCH = "QualiCLIPPyiqa"
 #: Options only pyiqa's own class understands: with any of them, ``qualiclip_arch`` builds that class.
-PYIQA_ONLY_OPTIONS = frozenset({"backbone", "n_ctx", "ctx_init", "prompt_specific_ctx", "pretrained", "pos_embedding"})
+PYIQA_ONLY_OPTIONS = frozenset({"backbone", "n_ctx", "ctx_init", "prompt_specific_ctx", "pos_embedding"})
+#: pyiqa's QualiCLIP metric names, each served from the registry entry of the same name.
+FAMILY = ("qualiclip+", "qualiclip+-clive", "qualiclip+-flive", "qualiclip+-spaq")
 
 
 class QualiCLIPMetricArch(nn.Module):
     """pyiqa network wrapping :class:`QualiCLIP`; returns (N, 1) scores like pyiqa's archs.
 
     ``logit_scale="checkpoint"`` multiplies similarities by exp(logit_scale) of the checkpoint, as
-    pyiqa does; ``"fixed"`` uses the official 100. ``pretrained_model_path`` (pyiqa's name) and
-    ``weights`` both take any source of :meth:`QualiCLIP.from_pretrained`.
+    pyiqa does; ``"fixed"`` uses the official 100. ``weights`` takes any source of
+    :meth:`QualiCLIP.from_pretrained`, a registry name included; ``pretrained_model_path`` (pyiqa's
+    name) replaces it with a full checkpoint, or adds a QualiCLIP+ prompt learner to it.
     """
 
     def __init__(
@@ -55,21 +65,36 @@ class QualiCLIPMetricArch(nn.Module):
         logit_scale: Literal["checkpoint", "fixed"] = "checkpoint",
         pretrained_model_path: str | None = None,
         weights: str | None = None,
+        prompt_learner: str | None = None,
         revision: str | None = None,
         local_files_only: bool = False,
         precision: Precision = "fp32",
         prompts: Sequence[PromptPair] | None = None,
         max_size: int | None = None,
         fast: bool = False,
+        pretrained: bool = True,
     ) -> None:
         super().__init__()
+        from qualiclip_metric.pretrained import DEFAULT_NAME, get_pretrained, is_pretrained_name
+        from qualiclip_metric.prompt_learner import is_prompt_learner
+
         self.max_size = validate_max_size(max_size)
         if logit_scale not in ("checkpoint", "fixed"):
             raise ValueError(f"logit_scale must be 'checkpoint' or 'fixed', got {logit_scale!r}")
-        if pretrained_model_path is not None and weights is not None:
-            raise ValueError("give either pretrained_model_path or weights, not both")
+        if not pretrained:
+            raise ValueError("pretrained=False has no weights to score with; use the '*-pyiqa' metric names for it")
+        if pretrained_model_path is not None:
+            if is_prompt_learner(pretrained_model_path):
+                if prompt_learner is not None:
+                    raise ValueError("give the prompt learner as pretrained_model_path or prompt_learner, not both")
+                prompt_learner = pretrained_model_path
+            else:
+                weights = pretrained_model_path
+        if prompt_learner is not None and is_pretrained_name(weights):
+            weights = DEFAULT_NAME if get_pretrained(str(weights)).prompt_learner is not None else weights
         self.model = QualiCLIP.from_pretrained(
-            pretrained_model_path if pretrained_model_path is not None else weights,
+            weights,
+            prompt_learner=prompt_learner,
             revision=revision,
             local_files_only=local_files_only,
             temperature=temperature,
@@ -91,18 +116,20 @@ class QualiCLIPMetricArch(nn.Module):
 
 
 def qualiclip_arch(model_type: str = "qualiclip", **options: Any) -> nn.Module:
-    """What pyiqa's ``QualiCLIP`` arch name builds: this package's network for ``model_type="qualiclip"``,
-    pyiqa's own class for the QualiCLIP+ prompt learners and options only it has."""
-    if model_type == "qualiclip" and not PYIQA_ONLY_OPTIONS & set(options):
-        return QualiCLIPMetricArch(**options)
+    """What pyiqa's ``QualiCLIP`` arch name builds: this package's network for QualiCLIP and the
+    QualiCLIP+ family with pretrained weights, pyiqa's own class for untrained prompt learners and
+    options only it has."""
+    ours = model_type == "qualiclip" or (model_type in FAMILY and options.get("pretrained", True))
+    if ours and not PYIQA_ONLY_OPTIONS & set(options):
+        return QualiCLIPMetricArch(weights=model_type, **options)
     from pyiqa.archs.qualiclip_arch import QualiCLIP as PyiqaQualiCLIP
 
     return PyiqaQualiCLIP(model_type=model_type, **options)
 
 
-def _metric_config(temperature: float, logit_scale: str) -> dict[str, Any]:
+def _metric_config(temperature: float, logit_scale: str, weights: str = "qualiclip") -> dict[str, Any]:
     return {
-        "metric_opts": {"type": ARCH_NAME, "temperature": temperature, "logit_scale": logit_scale},
+        "metric_opts": {"type": ARCH_NAME, "weights": weights, "temperature": temperature, "logit_scale": logit_scale},
         "metric_mode": "NR",
         "score_range": "0, 1",
         "lower_better": False,
@@ -119,12 +146,14 @@ def register() -> None:
     ARCH_REGISTRY.register(QualiCLIPMetricArch, name=ARCH_NAME, override=True)
     ARCH_REGISTRY.register(PyiqaQualiCLIP, name=PYIQA_BUILTIN_ARCH, override=True)
     ARCH_REGISTRY.register(qualiclip_arch, name=PYIQA_ARCH_NAME, override=True)
-    builtin = DEFAULT_CONFIGS.get("qualiclip", {})
-    if PYIQA_BUILTIN_NAME not in DEFAULT_CONFIGS and builtin.get("metric_opts", {}).get("type") == PYIQA_ARCH_NAME:
-        pyiqa_config = copy.deepcopy(builtin)  # pyiqa's own numbers and class, under a name of their own
-        pyiqa_config["metric_opts"]["type"] = PYIQA_BUILTIN_ARCH
-        DEFAULT_CONFIGS[PYIQA_BUILTIN_NAME] = pyiqa_config
-    DEFAULT_CONFIGS["qualiclip"] = _metric_config(2.0, "checkpoint")
+    for name in ("qualiclip", *FAMILY):
+        builtin = DEFAULT_CONFIGS.get(name, {})
+        own_name = f"{name}-pyiqa"
+        if own_name not in DEFAULT_CONFIGS and builtin.get("metric_opts", {}).get("type") == PYIQA_ARCH_NAME:
+            pyiqa_config = copy.deepcopy(builtin)  # pyiqa's own numbers and class, under a name of their own
+            pyiqa_config["metric_opts"]["type"] = PYIQA_BUILTIN_ARCH
+            DEFAULT_CONFIGS[own_name] = pyiqa_config
+        DEFAULT_CONFIGS[name] = _metric_config(2.0, "checkpoint", weights=name)
     DEFAULT_CONFIGS["qualiclip-official"] = _metric_config(1.0, "fixed")
 
 

@@ -136,3 +136,52 @@ def test_registration_in_either_import_order(official_pth, order):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [ARCH_NAME, "True"]
+
+
+FAMILY = ["qualiclip+", "qualiclip+-clive", "qualiclip+-flive", "qualiclip+-spaq"]
+
+
+@pytest.mark.parametrize("name", ["qualiclip+", "qualiclip+-spaq"])
+def test_qualiclip_plus_names_are_served_by_this_package_with_pyiqas_numbers(
+    pinned_registry, pyiqa_plus_reference, prompt_learner_files, name, monkeypatch
+):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(pinned_registry))
+    metric = pyiqa.create_metric(name, device="cpu")
+    assert isinstance(metric.net, QualiCLIPMetricArch) and metric.lower_better is False
+    learner = prompt_learner_files["koniq" if name == "qualiclip+" else "spaq"]
+    images = make_images(2, 96, 128, seed=84)
+    with torch.no_grad():
+        expected = pyiqa_plus_reference(learner, model_type=name)(images)
+    assert (metric(images) - expected).abs().max() <= 1e-5
+
+
+def test_pretrained_model_path_takes_a_prompt_learner_as_pyiqa_does(
+    pinned_registry, pyiqa_plus_reference, prompt_learner_files, monkeypatch
+):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(pinned_registry))
+    learner = prompt_learner_files["flive"]
+    metric = pyiqa.create_metric("qualiclip+-clive", pretrained_model_path=str(learner), device="cpu")
+    images = make_images(2, 96, 128, seed=85)
+    with torch.no_grad():
+        expected = pyiqa_plus_reference(learner, model_type="qualiclip+-clive")(images)
+    assert (metric(images) - expected).abs().max() <= 1e-5
+    assert metric.net.model.config.provenance["prompt_learner"] == str(learner)
+
+
+def test_pyiqas_own_qualiclip_plus_classes_stay_reachable():
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+    for name in FAMILY:
+        assert DEFAULT_CONFIGS[name]["metric_opts"]["type"] == ARCH_NAME
+        assert DEFAULT_CONFIGS[name]["metric_opts"]["weights"] == name
+        own = DEFAULT_CONFIGS[f"{name}-pyiqa"]["metric_opts"]
+        assert own["type"] == PYIQA_BUILTIN_ARCH and own["model_type"] == name and own["pretrained"] is True
+    assert {f"{name}-pyiqa" for name in FAMILY} <= set(pyiqa.list_models(metric_mode="NR"))
+
+
+def test_pyiqas_arch_name_builds_ours_for_the_family_and_pyiqas_for_untrained_learners(pinned_registry, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(pinned_registry))
+    net = qualiclip_arch(model_type="qualiclip+-flive", pretrained=True)
+    assert isinstance(net, QualiCLIPMetricArch) and net.model.temperature == 2.0
+    with pytest.raises(ValueError, match="pretrained=False"):
+        QualiCLIPMetricArch(weights="qualiclip+", pretrained=False)
