@@ -4,7 +4,9 @@
 
 The folder is verified (sha256 of every tensor file, every key and shape) before anything is sent. The
 model card is rendered from ``hub/model_card.md``. ``--dry-run`` prints exactly what would be uploaded
-and sends nothing. After an upload, the commit to pin is printed as ``hf-hub:ORG/NAME@<commit>``.
+and sends nothing. After an upload, the commit to pin is printed as ``hf-hub:ORG/NAME@<commit>``, with
+the entry to add to :mod:`qualiclip_metric.pretrained` so that a registry name serves the release, pinned
+to that commit and to the sha256 and size of every file.
 
 ``--evaluation`` takes a JSON list of ``{"dataset", "srcc", "plcc", "images", "protocol"}`` rows.
 """
@@ -21,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from qualiclip_metric import QualiCLIP
-from qualiclip_metric.checkpoint import CONFIG_FILE, MODEL_FILE, TEXT_FILE, read_layout, sha256_file
+from qualiclip_metric.checkpoint import CONFIG_FILE, MODEL_FILE, TEXT_FILE, read_layout
 from qualiclip_metric.config import QualiCLIPConfig
+from qualiclip_metric.integrity import sha256_file
 
 TEMPLATE = Path(__file__).with_name("model_card.md")
 CARD_FILE = "README.md"
@@ -56,13 +59,26 @@ def render_card(repo_id: str, folder: Path, config: QualiCLIPConfig, evaluation:
 def stage(folder: Path, repo_id: str, evaluation: list[dict[str, Any]], staging: Path) -> list[Path]:
     """Verify ``folder`` and copy what will be uploaded, with the rendered card, into ``staging``."""
     has_text = (folder / TEXT_FILE).is_file()
-    checkpoint = read_layout(folder, need_text=has_text, verify=True)
+    checkpoint = read_layout(folder, need_text=has_text, verify="always")
     QualiCLIP.from_checkpoint(checkpoint)  # every key and shape, not only the hashes
     names = [CONFIG_FILE, MODEL_FILE] + ([TEXT_FILE] if has_text else [])
     for name in names:
         shutil.copyfile(folder / name, staging / name)
     (staging / CARD_FILE).write_text(render_card(repo_id, folder, checkpoint.config, evaluation), encoding="utf-8")
     return [staging / name for name in [*names, CARD_FILE]]
+
+
+def registry_entry(name: str, repo_id: str, commit: str, files: list[Path]) -> str:
+    """Python source of the registry entry that pins this upload (repo, commit, sha256 and size of each file)."""
+    by_name = {path.name: path for path in files}
+
+    def hub_file(filename: str) -> str:
+        path = by_name[filename]
+        return f'HubFile("{repo_id}", "{filename}", "{commit}", "{sha256_file(path)}", {path.stat().st_size})'
+
+    roles = [("weights", MODEL_FILE), ("config", CONFIG_FILE)] + ([("text", TEXT_FILE)] if TEXT_FILE in by_name else [])
+    fields = "".join(f"        {role}={hub_file(filename)},\n" for role, filename in roles)
+    return f'    "{name}": Pretrained(\n        "{name}",\n        "QualiCLIP release {repo_id}",\n{fields}    ),'
 
 
 def publish(
@@ -89,7 +105,9 @@ def publish(
             api = HfApi()
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.upload_folder(folder_path=tmp, repo_id=repo_id, commit_message=commit_message)
+        entry = registry_entry(repo_id.split("/")[-1], repo_id, commit.oid, files)
     print(f"published; pin it with: hf-hub:{repo_id}@{commit.oid}")
+    print(f"registry entry for qualiclip_metric/pretrained.py (REGISTRY):\n{entry}")
     return commit.oid
 
 

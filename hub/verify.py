@@ -46,7 +46,7 @@ def tensor_differences(reference: StateDict, candidate: StateDict) -> dict[str, 
 def verify(
     reference: str, candidate: str, *, images: Path | None, scores: Path | None, tolerance: float
 ) -> dict[str, Any]:
-    checkpoints = [load_checkpoint(source) for source in (reference, candidate)]
+    checkpoints = [load_checkpoint(source, verify="always") for source in (reference, candidate)]
     report: dict[str, Any] = {
         "reference": checkpoints[0].origin,
         "candidate": checkpoints[1].origin,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -99,7 +100,13 @@ def _scoring_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-pixels", type=_integer_at_least(MIN_SIDE**2), help="refuse larger images (default about 89.5 megapixels)"
     )
     parser.add_argument(
-        "--weights", metavar="SOURCE", help="hf-hub:ORG/REPO[@REV], a layout folder, .safetensors or .pth"
+        "--weights",
+        metavar="SOURCE",
+        help="a registry name (qualiclip, qualiclip+-spaq...; see `qualiclip info`), hf-hub:ORG/REPO[@REV], "
+        "a layout folder, .safetensors or .pth (default: qualiclip)",
+    )
+    parser.add_argument(
+        "--prompt-learner", metavar="FILE", help="a QualiCLIP+ prompt learner (pyiqa's .pth) for the --weights"
     )
     parser.add_argument(
         "--temperature", type=_positive_float, help="softmax temperature (1 = official; 2 = pyiqa's numbers)"
@@ -161,12 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _scoring_arguments(evaluate)
 
-    download = commands.add_parser("download", help="fetch weights into the local cache")
-    download.add_argument("source", nargs="?", help="weights source (default: the project's release)")
-    download.add_argument("--text", action="store_true", help="also fetch the text tower (for custom prompts)")
+    download = commands.add_parser(
+        "download",
+        help="fetch weights into the cache, or into a self-contained folder",
+        description="Fetch, verify and convert weights once. With --to DIR, each NAME is written to DIR/NAME, "
+        "a folder that `from_pretrained(DIR/NAME)` loads on a machine without network.",
+    )
+    download.add_argument(
+        "names", nargs="*", metavar="NAME", help="registry names (see `qualiclip info`) or sources (default: qualiclip)"
+    )
+    download.add_argument("--to", type=Path, metavar="DIR", help="write each NAME as the folder DIR/NAME")
+    download.add_argument(
+        "--text", action="store_true", help="keep the text tower (for custom prompts; not for QualiCLIP+)"
+    )
     _weights_arguments(download)
 
-    info = commands.add_parser("info", help="version, weights, cache and devices")
+    info = commands.add_parser("info", help="version, the registry's weights and their state, cache and devices")
     info.add_argument("--weights", metavar="SOURCE", help="weights source to look up in the cache")
     _weights_arguments(info)
     return parser
@@ -202,6 +219,7 @@ def _load_model(args: argparse.Namespace, prompts: list[list[str]] | None = None
     try:
         return QualiCLIP.from_pretrained(
             args.weights,
+            prompt_learner=args.prompt_learner,
             revision=args.revision,
             cache_dir=args.cache_dir,
             local_files_only=args.offline,
@@ -476,26 +494,48 @@ def _print_evaluation(report: dict[str, Any]) -> None:
         print(f"{name:<15} {value:>11.4f} {interval:>17} {splits['median'][name]:>26.4f}")
 
 
-def run_download(args: argparse.Namespace) -> int:
-    from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
+def _folder_name(source: str) -> str:
+    """A folder name for ``source`` under ``download --to``: the registry name, or the source made safe."""
+    return re.sub(r"[^A-Za-z0-9+._-]+", "-", source.removeprefix("hf-hub:")).strip("-.") or "weights"
+
+
+def _download_one(args: argparse.Namespace, name: str) -> str:
+    """Fetch (and with ``--to`` write) one source; return what to print, or raise on failure."""
+    from qualiclip_metric.checkpoint import CONFIG_FILE, read_layout, write_layout
+    from qualiclip_metric.config import QualiCLIPConfig
+    from qualiclip_metric.pretrained import get_pretrained, is_pretrained_name
     from qualiclip_metric.weights import load_checkpoint
 
-    try:
-        checkpoint = load_checkpoint(
-            args.source,
-            revision=args.revision,
-            cache_dir=args.cache_dir,
-            local_files_only=args.offline,
-            need_text=args.text,
-        )
-    except (WeightsNotFoundError, CheckpointError) as err:
-        print(f"qualiclip: {err}", file=sys.stderr)
-        return EXIT_WEIGHTS
-    except ValueError as err:  # a malformed source such as hf-hub:a/b/c
-        print(f"qualiclip: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    print(checkpoint.origin)
-    return EXIT_OK
+    learned = is_pretrained_name(name) and get_pretrained(name).prompt_learner is not None
+    need_text = args.text and not learned  # QualiCLIP+'s prompts are learned: there is no text tower to keep
+    checkpoint = load_checkpoint(
+        name, revision=args.revision, cache_dir=args.cache_dir, local_files_only=args.offline, need_text=need_text
+    )
+    if args.to is None:
+        return checkpoint.origin
+    target = args.to / _folder_name(name)
+    if target.exists():
+        existing = QualiCLIPConfig.read(target / CONFIG_FILE) if (target / CONFIG_FILE).is_file() else None
+        if existing is None or existing.provenance != checkpoint.config.provenance:
+            raise FileExistsError(f"{target} exists and holds something else; nothing was replaced")
+        read_layout(target, need_text=need_text, verify="always")
+        return f"{target} (already there, verified)"
+    write_layout(checkpoint, target, include_text=need_text)
+    return str(target)
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
+    from qualiclip_metric.pretrained import DEFAULT_NAME
+
+    failed = 0
+    for name in args.names or [DEFAULT_NAME]:
+        try:
+            print(f"{name}: {_download_one(args, name)}", flush=True)
+        except (WeightsNotFoundError, CheckpointError, FileExistsError, ValueError, OSError) as err:
+            print(f"qualiclip: {name}: {err}", file=sys.stderr)
+            failed += 1
+    return EXIT_WEIGHTS if failed else EXIT_OK
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -503,14 +543,9 @@ def run_info(args: argparse.Namespace) -> int:
 
     from qualiclip_metric import __version__
     from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
-    from qualiclip_metric.weights import default_hub_repo, hub_cache_dir, is_offline, resolve
+    from qualiclip_metric.pretrained import DEFAULT_NAME, REGISTRY
+    from qualiclip_metric.weights import hub_cache_dir, is_offline, pretrained_status, resolve
 
-    try:  # look in the cache only: `info` never downloads
-        weights = str(resolve(args.weights, revision=args.revision, cache_dir=args.cache_dir, local_files_only=True))
-    except WeightsNotFoundError:
-        weights = "not in the cache (`qualiclip download` fetches it)"
-    except (CheckpointError, ValueError) as err:
-        weights = f"unusable: {err}"
     devices = ["cpu"]
     devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     if torch.backends.mps.is_available():
@@ -518,15 +553,34 @@ def run_info(args: argparse.Namespace) -> int:
     lines = {
         "qualiclip-metric": __version__,
         "torch": torch.__version__,
-        "default weights": f"hf-hub:{default_hub_repo()}",
-        "resolved weights": weights,
+        "default weights": DEFAULT_NAME,
         "hub cache": str(hub_cache_dir(args.cache_dir)),
         "offline": str(is_offline() or args.offline),
         "devices": ", ".join(devices),
     }
+    if args.weights is not None:
+        try:  # look in the cache only: `info` never downloads
+            lines["weights"] = str(
+                resolve(args.weights, revision=args.revision, cache_dir=args.cache_dir, local_files_only=True)
+            )
+        except WeightsNotFoundError:
+            lines["weights"] = "not in the cache (`qualiclip download` fetches it)"
+        except (CheckpointError, ValueError) as err:
+            lines["weights"] = f"unusable: {err}"
     width = max(map(len, lines))
     for key, value in lines.items():
         print(f"{key:<{width}}  {value}")
+    print("\npretrained weights (pinned commit and sha256; `qualiclip download NAME` fetches them):")
+    names = list(REGISTRY)
+    width = max(map(len, names))
+    print(f"  {'name':<{width}}  {'cached':<6}  {'verified':<8}  description")
+    for name in names:
+        try:
+            status = pretrained_status(name, args.cache_dir)
+            cached, verified = ("yes" if status.path else "no"), ("yes" if status.verified else "no")
+        except CheckpointError as err:
+            cached, verified = "broken", str(err)
+        print(f"  {name:<{width}}  {cached:<6}  {verified:<8}  {REGISTRY[name].description}")
     return EXIT_OK
 
 

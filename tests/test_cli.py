@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hubcache import prefill
+from hubcache import PINNED_CLI, prefill
 from images import write_odd_images
 
 from qualiclip_metric import load_image
@@ -86,28 +86,77 @@ def test_csv_to_stdout_and_json_with_pairs(folder, official_pth, tmp_path):
     assert abs(float(rows[1]["score"]) - document[1]["score"]) < 1e-7
 
 
-def test_default_weights_from_an_offline_hub_cache(folder, hub_cache):
-    env = {"HF_HUB_CACHE": str(hub_cache), "QUALICLIP_HUB_REPO": REPO}
-    result = run(["score", folder / "rgb.png", "--quiet"], env)
+def run_pinned(args, registry_files, env_extra=None) -> subprocess.CompletedProcess:
+    """The real CLI in a fresh process, with the registry pinned to the generated files (see hubcache)."""
+    pins = {name: [str(path), sha256, size] for name, (path, sha256, size) in registry_files.items()}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "QUALICLIP_TEST_DIR": str(Path(__file__).parent),
+        "QUALICLIP_TEST_PINS": json.dumps(pins),
+        **(env_extra or {}),
+    }
+    command = [sys.executable, "-c", PINNED_CLI, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env)
+
+
+def test_default_weights_info_download_and_the_air_gap(folder, pinned_hub_cache, registry_files, tmp_path):
+    env = {"HF_HUB_CACHE": str(pinned_hub_cache), "HF_ASSETS_CACHE": str(tmp_path / "assets")}
+    image = folder / "rgb.png"
+    default = run_pinned(["score", image, "--quiet"], registry_files, env)  # test_pretrained checks the numbers
+    assert default.returncode == 0, default.stderr
+    info = run_pinned(["info"], registry_files, env)
+    assert info.returncode == 0 and str(pinned_hub_cache) in info.stdout
+    table = {line.split()[0]: line.split()[1:3] for line in info.stdout.splitlines() if line.startswith("  qualiclip")}
+    assert table["qualiclip"] == ["yes", "yes"] and table["qualiclip+-spaq"] == ["no", "no"]
+
+    # Where there is network (here: the pre-filled cache), write self-contained folders ...
+    bundle = tmp_path / "bundle"
+    download = run_pinned(["download", "qualiclip", "qualiclip+-spaq", "--to", bundle, "--text"], registry_files, env)
+    assert download.returncode == 0, download.stderr
+    assert sorted(path.name for path in bundle.iterdir()) == ["qualiclip", "qualiclip+-spaq"]
+    assert (bundle / "qualiclip" / "text.safetensors").is_file()  # --text: custom prompts work offline too
+    assert not (bundle / "qualiclip+-spaq" / "text.safetensors").exists()  # learned prompts need no text tower
+    again = run_pinned(["download", "qualiclip", "--to", bundle], registry_files, env)
+    assert again.returncode == 0 and "already there, verified" in again.stdout
+    # ... and load them with the plain CLI, no registry patch, an empty cache and no network.
+    air_gap = {"HF_HUB_CACHE": str(tmp_path / "empty-hub"), "HF_ASSETS_CACHE": str(tmp_path / "empty-assets")}
+    copied = run(["score", image, "--quiet", "--weights", bundle / "qualiclip"], air_gap)
+    assert copied.returncode == 0 and copied.stdout == default.stdout
+    plus = run_pinned(["score", image, "--quiet", "--weights", "qualiclip+-spaq"], registry_files, env)
+    plus_copied = run(["score", image, "--quiet", "--weights", bundle / "qualiclip+-spaq"], air_gap)
+    assert plus.returncode == 0 and plus_copied.returncode == 0 and plus_copied.stdout == plus.stdout
+    assert plus.stdout != default.stdout
+
+
+def test_download_never_replaces_a_folder_that_holds_something_else(registry_files, pinned_hub_cache, tmp_path):
+    env = {"HF_HUB_CACHE": str(pinned_hub_cache), "HF_ASSETS_CACHE": str(tmp_path / "assets")}
+    (tmp_path / "bundle" / "qualiclip").mkdir(parents=True)
+    (tmp_path / "bundle" / "qualiclip" / "notes.txt").write_text("mine")
+    result = run_pinned(["download", "qualiclip", "qualiclip+-clive", "--to", tmp_path / "bundle"], registry_files, env)
+    assert result.returncode == 3 and "holds something else; nothing was replaced" in result.stderr
+    assert (tmp_path / "bundle" / "qualiclip" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "bundle" / "qualiclip+-clive" / "config.json").is_file()  # the other name was still written
+
+
+def test_hub_sources_from_an_offline_cache(folder, hub_cache):
+    env = {"HF_HUB_CACHE": str(hub_cache)}
+    result = run(["score", folder / "rgb.png", "--quiet", "--weights", f"hf-hub:{REPO}"], env)
     assert result.returncode == 0, result.stderr
     pinned = run(["score", folder / "rgb.png", "--quiet", "--weights", f"hf-hub:{REPO}@v1"], env)
     assert pinned.returncode == 0 and pinned.stdout == result.stdout
-    info = run(["info"], env)
-    assert info.returncode == 0 and str(hub_cache) in info.stdout and "offline" in info.stdout
-    assert "models--someone--qualiclip-cli" in info.stdout
+    info = run(["info", "--weights", f"hf-hub:{REPO}"], env)
+    assert info.returncode == 0 and "models--someone--qualiclip-cli" in info.stdout
     download = run(["download", f"hf-hub:{REPO}", "--text"], env)
     assert download.returncode == 0 and f"hf-hub:{REPO}" in download.stdout
 
 
 def test_missing_weights_exit_code_and_message(folder, tmp_path):
-    env = {"HF_HUB_CACHE": str(tmp_path / "empty"), "QUALICLIP_HUB_REPO": REPO}
+    env = {"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_ASSETS_CACHE": str(tmp_path / "assets")}
     result = run(["score", folder / "rgb.png"], env)
     assert result.returncode == 3
-    assert (
-        "Sources tried" in result.stderr
-        and "IQA-PyTorch-Weights" in result.stderr
-        and "HF_HUB_OFFLINE" in result.stderr
-    )
+    assert "Sources tried" in result.stderr and "IQA-PyTorch-Weights@9c1c305ce9d0" in result.stderr
+    assert "HF_HUB_OFFLINE" in result.stderr and "Retrying" not in result.stderr
 
 
 def test_usage_errors(folder, official_pth, tmp_path):

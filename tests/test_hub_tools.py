@@ -14,7 +14,8 @@ from PIL import Image
 
 from hub import convert, publish, verify
 from qualiclip_metric import CheckpointError
-from qualiclip_metric.checkpoint import read_checkpoint, sha256_file, write_layout
+from qualiclip_metric.checkpoint import read_checkpoint, write_layout
+from qualiclip_metric.integrity import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,6 +135,33 @@ def test_publish_uploads_the_verified_folder(converted, capsys):
         ("upload_folder", "someone/qualiclip", ["README.md", "config.json", "model.safetensors", "text.safetensors"]),
     ]
     assert f"hf-hub:someone/qualiclip@{'c' * 40}" in capsys.readouterr().out
+
+
+def test_publish_prints_a_registry_entry_that_serves_the_release(converted, capsys, tmp_path, monkeypatch):
+    """The printed entry, added to the registry, loads the upload by name from the cache at the pinned commit."""
+    from hubcache import prefill
+
+    from qualiclip_metric import QualiCLIP, pretrained
+    from qualiclip_metric.pretrained import HubFile, Pretrained
+
+    commit = publish.publish(converted, "someone/qualiclip", api=RecordingHub())
+    out = capsys.readouterr().out
+    source = out.split("registry entry for qualiclip_metric/pretrained.py (REGISTRY):\n", 1)[1]
+    entries = eval("{" + source + "}", {"HubFile": HubFile, "Pretrained": Pretrained})  # the printed Python source
+    entry = entries["qualiclip"]
+    assert entry.is_release and entry.weights.revision == commit and entry.text is not None
+    assert entry.weights.sha256 == sha256_file(converted / "model.safetensors")
+    names = ("config.json", "model.safetensors", "text.safetensors")
+    prefill(tmp_path / "hub", "someone/qualiclip", {name: converted / name for name in names}, commit)
+    monkeypatch.setitem(pretrained.REGISTRY, "qualiclip", entry)
+    images = make_images(2, 64, 64, seed=3)
+    with torch.no_grad():
+        by_name = QualiCLIP.from_pretrained("qualiclip", cache_dir=tmp_path / "hub")(images)
+        by_folder = QualiCLIP.from_pretrained(converted)(images)
+    assert torch.equal(by_name, by_folder)
+    assert QualiCLIP.from_pretrained("qualiclip", cache_dir=tmp_path / "hub", prompts=[("a", "b")]).pair_names == [
+        "a/b"
+    ]
 
 
 def test_publish_refuses_a_tampered_folder(converted, tmp_path):
