@@ -54,16 +54,23 @@ def random_official_checkpoint(folder: Path) -> Path:
 
 
 @contextlib.contextmanager
-def pyiqa_downloads_from(official_pth: Path) -> Iterator[None]:
-    """Point pyiqa's two QualiCLIP downloads (CLIP RN50, QualiCLIP.pth) at a local checkpoint."""
+def pyiqa_downloads_from(official_pth: Path, prompt_learner: Path | None = None) -> Iterator[None]:
+    """Point pyiqa's QualiCLIP downloads (CLIP RN50, QualiCLIP.pth and, for QualiCLIP+, its prompt
+    learner) at local files."""
+    import pyiqa.archs.arch_util as arch_util
     import pyiqa.archs.qualiclip_arch as arch
     from pyiqa.archs.clip_model import build_model
 
     state = torch.load(official_pth, map_location="cpu", weights_only=True)
     clip_state = {k.removeprefix("clip_model."): v for k, v in state.items() if k.startswith("clip_model.")}
+
+    def local(url: str, *args: object, **kwargs: object) -> str:
+        return str(official_pth if url.endswith("/QualiCLIP.pth") or prompt_learner is None else prompt_learner)
+
     with (
         mock.patch.object(arch, "load", lambda name, device: build_model(clip_state).to(device).float()),
-        mock.patch.object(arch, "load_file_from_url", lambda url, *a, **k: str(official_pth)),
+        mock.patch.object(arch, "load_file_from_url", local),
+        mock.patch.object(arch_util, "load_file_from_url", local),
     ):
         yield
 

@@ -528,14 +528,17 @@ def run_download(args: argparse.Namespace) -> int:
     from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
     from qualiclip_metric.pretrained import DEFAULT_NAME
 
-    failed = 0
+    code = EXIT_OK
     for name in args.names or [DEFAULT_NAME]:
         try:
             print(f"{name}: {_download_one(args, name)}", flush=True)
-        except (WeightsNotFoundError, CheckpointError, FileExistsError, ValueError, OSError) as err:
+        except (WeightsNotFoundError, CheckpointError, FileExistsError, OSError) as err:
             print(f"qualiclip: {name}: {err}", file=sys.stderr)
-            failed += 1
-    return EXIT_WEIGHTS if failed else EXIT_OK
+            code = max(code, EXIT_WEIGHTS)
+        except ValueError as err:  # a malformed source (hf-hub:a/b/c), or options that cannot apply
+            print(f"qualiclip: {name}: {err}", file=sys.stderr)
+            code = EXIT_USAGE if code == EXIT_OK else code
+    return code
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -578,7 +581,7 @@ def run_info(args: argparse.Namespace) -> int:
         try:
             status = pretrained_status(name, args.cache_dir)
             cached, verified = ("yes" if status.path else "no"), ("yes" if status.verified else "no")
-        except CheckpointError as err:
+        except (CheckpointError, WeightsNotFoundError) as err:
             cached, verified = "broken", str(err)
         print(f"  {name:<{width}}  {cached:<6}  {verified:<8}  {REGISTRY[name].description}")
     return EXIT_OK

@@ -209,7 +209,12 @@ def converted_dir(entry: Pretrained) -> Path:
     """Where the converted copy of a registry entry lives: named after its hashes, so a changed pin never
     finds an old copy. It is shared by every hub cache, since its content depends on the hashes alone."""
     digest = hashlib.sha256("".join(file.sha256 for file in entry.files).encode()).hexdigest()[:16]
-    return package_cache_dir(entry.weights.repo_id, "converted") / f"{entry.name}-{digest}"
+    try:
+        return package_cache_dir(entry.weights.repo_id, "converted") / f"{entry.name}-{digest}"
+    except (OSError, ValueError) as err:
+        raise WeightsNotFoundError(
+            f"cannot create the folder for converted weights ({err}); set HF_ASSETS_CACHE to a writable folder"
+        ) from err
 
 
 def convert_to_layout(

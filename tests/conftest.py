@@ -212,7 +212,8 @@ def pinned_hub_cache(registry_files, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture
 def pinned_registry(registry_files, pinned_hub_cache: Path, tmp_path: Path, monkeypatch) -> Path:
-    """The registry pinned to the generated files' hashes, an empty assets cache, and the hub cache holding them.
+    """The registry pinned to the generated files' hashes, an empty assets cache, and the hub cache holding them
+    (also as the default hub cache).
 
     The generated files stand in for the real ones (which hold the real weights): every registry entry
     keeps its repository, file names and commit, only its sha256 and size become those of the files here.
@@ -225,4 +226,7 @@ def pinned_registry(registry_files, pinned_hub_cache: Path, tmp_path: Path, monk
     pinned = {name: pin_to(entry, registry_files) for name, entry in pretrained.REGISTRY.items()}
     monkeypatch.setattr(pretrained, "REGISTRY", pinned)
     monkeypatch.setenv("HF_ASSETS_CACHE", str(tmp_path / "assets"))
+    monkeypatch.setattr(
+        "huggingface_hub.constants.HF_HUB_CACHE", str(pinned_hub_cache)
+    )  # for callers without cache_dir
     return pinned_hub_cache

@@ -197,6 +197,17 @@ def test_custom_prompts_use_the_verified_pth(pinned_registry, official_pth, imag
     assert model.source.endswith("QualiCLIP.pth)")
 
 
+def test_torchmetrics_and_the_loss_take_registry_names(pinned_registry, images):
+    from qualiclip_metric import QualiCLIPLoss, QualiCLIPScore
+
+    expected = scores(QualiCLIP.from_pretrained("qualiclip+-clive", cache_dir=pinned_registry), images)
+    metric = QualiCLIPScore(weights="qualiclip+-clive")  # the hub cache comes from the environment here
+    metric.update(images)
+    assert torch.allclose(metric.compute(), expected.mean(), atol=1e-6)
+    loss = QualiCLIPLoss(weights="qualiclip+-clive")
+    assert torch.allclose(loss(images), 1 - expected.mean(), atol=1e-6)
+
+
 def test_nothing_cached_offline_fails_at_once_with_one_line_per_source(tmp_path):
     start = time.perf_counter()
     with pytest.raises(WeightsNotFoundError) as info:

@@ -143,9 +143,8 @@ FAMILY = ["qualiclip+", "qualiclip+-clive", "qualiclip+-flive", "qualiclip+-spaq
 
 @pytest.mark.parametrize("name", ["qualiclip+", "qualiclip+-spaq"])
 def test_qualiclip_plus_names_are_served_by_this_package_with_pyiqas_numbers(
-    pinned_registry, pyiqa_plus_reference, prompt_learner_files, name, monkeypatch
+    pinned_registry, pyiqa_plus_reference, prompt_learner_files, name
 ):
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(pinned_registry))
     metric = pyiqa.create_metric(name, device="cpu")
     assert isinstance(metric.net, QualiCLIPMetricArch) and metric.lower_better is False
     learner = prompt_learner_files["koniq" if name == "qualiclip+" else "spaq"]
@@ -156,9 +155,8 @@ def test_qualiclip_plus_names_are_served_by_this_package_with_pyiqas_numbers(
 
 
 def test_pretrained_model_path_takes_a_prompt_learner_as_pyiqa_does(
-    pinned_registry, pyiqa_plus_reference, prompt_learner_files, monkeypatch
+    pinned_registry, pyiqa_plus_reference, prompt_learner_files
 ):
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(pinned_registry))
     learner = prompt_learner_files["flive"]
     metric = pyiqa.create_metric("qualiclip+-clive", pretrained_model_path=str(learner), device="cpu")
     images = make_images(2, 96, 128, seed=85)
@@ -179,8 +177,7 @@ def test_pyiqas_own_qualiclip_plus_classes_stay_reachable():
     assert {f"{name}-pyiqa" for name in FAMILY} <= set(pyiqa.list_models(metric_mode="NR"))
 
 
-def test_pyiqas_arch_name_builds_ours_for_the_family_and_pyiqas_for_untrained_learners(pinned_registry, monkeypatch):
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(pinned_registry))
+def test_pyiqas_arch_name_builds_ours_for_the_family_and_pyiqas_for_untrained_learners(pinned_registry):
     net = qualiclip_arch(model_type="qualiclip+-flive", pretrained=True)
     assert isinstance(net, QualiCLIPMetricArch) and net.model.temperature == 2.0
     with pytest.raises(ValueError, match="pretrained=False"):
