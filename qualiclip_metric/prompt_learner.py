@@ -61,8 +61,8 @@ class PromptLearner(nn.Module):
         super().__init__()
         from qualiclip_metric.text import token_count, tokenize
 
-        if context_tokens < 2 or context_tokens % 2:
-            raise ValueError(f"Argument `context_tokens` must be an even number >= 2, got {context_tokens}")
+        if context_tokens < 1:
+            raise ValueError(f"Argument `context_tokens` must be at least 1, got {context_tokens}")
         self.pairs = validate_prompt_pairs(pairs)
         texts = prompt_texts(self.pairs)
         self.word_counts = [token_count(text) for text in texts]
@@ -86,7 +86,8 @@ class PromptLearner(nn.Module):
         return self._tower[0]
 
     def sequences(self) -> Tensor:
-        """(2P, 77, 512) input embeddings: start, first half of the context, words, second half, the rest."""
+        """(2P, 77, 512) input embeddings: start, first half of the context (the shorter one for an odd
+        count, as pyiqa splits it), words, second half, the rest."""
         half = self.context_tokens // 2
         rows = []
         for i, words in enumerate(self.word_counts):
@@ -178,7 +179,9 @@ def with_learned_prompts(
     if base.text_state is None:
         raise CheckpointError(f"{base.origin}: encoding learned prompts needs the text tower, which it lacks")
     pairs = DEFAULT_PROMPT_PAIRS
-    learner = PromptLearner(build_text_tower(base.text_state, base.origin), pairs)
+    ctx = learner_state.get(PREFIX + "ctx")
+    context_tokens = ctx.shape[-2] if isinstance(ctx, Tensor) and ctx.dim() >= 2 else CONTEXT_TOKENS
+    learner = PromptLearner(build_text_tower(base.text_state, base.origin), pairs, context_tokens)
     learner.load_pyiqa_state(learner_state, origin)
     with torch.no_grad():
         features = F.normalize(learner().float(), dim=-1)

@@ -7,8 +7,10 @@ this works offline.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +20,23 @@ from qualiclip_metric.config import ARCHITECTURE, PromptPair, validate_prompt_pa
 from qualiclip_metric.errors import CheckpointError
 
 
-def tokenize(texts: Sequence[str]) -> Tensor:
-    """(T, 77) CLIP tokens; a text that would be cut is refused."""
+@functools.cache
+def _tokenizer() -> Any:
+    """open_clip's BPE tokenizer, built once (building it parses the vocabulary and logs each time)."""
     import open_clip
 
-    tokenizer = open_clip.get_tokenizer(ARCHITECTURE)
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        return open_clip.get_tokenizer(ARCHITECTURE)
+    finally:
+        logger.setLevel(level)
+
+
+def tokenize(texts: Sequence[str]) -> Tensor:
+    """(T, 77) CLIP tokens; a text that would be cut is refused."""
+    tokenizer = _tokenizer()
     for text in texts:
         tokens = len(tokenizer.encode(text)) + 2  # with the start and end tokens
         if tokens > tokenizer.context_length:
@@ -35,9 +49,7 @@ def tokenize(texts: Sequence[str]) -> Tensor:
 
 def token_count(text: str) -> int:
     """Tokens of ``text`` alone, without the start and end tokens."""
-    import open_clip
-
-    return len(open_clip.get_tokenizer(ARCHITECTURE).encode(text))
+    return len(_tokenizer().encode(text))
 
 
 def build_text_tower(text_state: Mapping[str, Tensor], origin: str = "text tower") -> nn.Module:
@@ -69,10 +81,13 @@ def encode_embeddings(tower: nn.Module, embeddings: Tensor, end_index: Tensor) -
 
     The same computation as CLIP's ``encode_text`` after its embedding lookup, so learned embeddings
     (QualiCLIP+'s context tokens) go through exactly what words go through. ``end_index`` is the
-    position of each sequence's end token, whose output is the text feature.
+    position of each sequence's end token, whose output is the text feature. The causal mask keeps every
+    position from seeing later ones, so the positions after the last end token are left out: they cannot
+    change the features, and the 14 QualiCLIP+ prompts end before position 30 of 77.
     """
-    x = embeddings + tower.positional_embedding.to(embeddings.dtype)
-    x = tower.ln_final(tower.transformer(x, attn_mask=tower.attn_mask))
+    length = int(end_index.max()) + 1
+    x = embeddings[:, :length] + tower.positional_embedding[:length].to(embeddings.dtype)
+    x = tower.ln_final(tower.transformer(x, attn_mask=tower.attn_mask[:length, :length]))
     return x[torch.arange(x.shape[0], device=x.device), end_index] @ tower.text_projection
 
 

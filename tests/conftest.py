@@ -170,7 +170,7 @@ def pyiqa_plus_reference(official_pth: Path, clip_parts):
     import pyiqa.archs.qualiclip_arch as arch
     from pyiqa.archs.clip_model import build_model
 
-    def build(learner: Path, model_type: str = "qualiclip+-spaq"):
+    def build(learner: Path, model_type: str = "qualiclip+-spaq", **options):
         def local(url: str, *args, **kwargs) -> str:
             return str(official_pth if url.endswith("/QualiCLIP.pth") else learner)
 
@@ -179,7 +179,7 @@ def pyiqa_plus_reference(official_pth: Path, clip_parts):
             mock.patch.object(arch, "load_file_from_url", local),
             mock.patch.object(arch_util, "load_file_from_url", local),
         ):
-            return arch.QualiCLIP(model_type=model_type, pretrained=True).eval()
+            return arch.QualiCLIP(model_type=model_type, pretrained=True, **options).eval()
 
     return build
 

@@ -157,6 +157,23 @@ def test_a_local_prompt_learner_with_any_base(
         assert model.config.provenance["prompt_learner"] == str(prompt_learner_files["clive"])
 
 
+def test_a_prompt_learner_with_another_context_length(official_pth, clip_parts, pyiqa_plus_reference, images, tmp_path):
+    """pyiqa's class takes any n_ctx and splits an odd one unevenly; the conversion reads it from the file."""
+    from conftest import PROMPT_TEXTS
+    from pyiqa.archs.clip_model import build_model
+    from pyiqa.archs.qualiclip_arch import PromptLearner
+
+    torch.manual_seed(5)
+    learner = PromptLearner(build_model(dict(clip_parts[0])).float(), PROMPT_TEXTS, n_ctx=7, prompt_specific_ctx=True)
+    with torch.no_grad():
+        learner.ctx.normal_(0, 0.3)
+    path = tmp_path / "seven.pth"
+    torch.save({"params": {f"prompt_learner.{k}": v for k, v in learner.state_dict().items()}}, path)
+    expected = scores(pyiqa_plus_reference(path, n_ctx=7), images).squeeze(1)
+    actual = scores(QualiCLIP.from_pretrained(official_pth, prompt_learner=path), images)
+    assert (actual - expected).abs().max() <= TOLERANCE
+
+
 def test_prompt_learners_that_do_not_fit_are_refused(official_pth, prompt_learner_files, tmp_path):
     state = torch.load(prompt_learner_files["spaq"], weights_only=True)["params"]
     cases = {
@@ -167,7 +184,7 @@ def test_prompt_learners_that_do_not_fit_are_refused(official_pth, prompt_learne
     }
     messages = {
         "other words": "made for other prompts",
-        "fewer prompts": "does not fit 14 prompts",
+        "fewer prompts": "does not fit 14 prompts",  # the shapes name what the file holds
         "missing ctx": "prompt_learner.ctx is missing",
         "not finite": "NaN or Inf",
     }

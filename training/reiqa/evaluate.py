@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from qualiclip_metric.integrity import sha256_file
 from qualiclip_metric.datasets import read_csv_dataset
+from qualiclip_metric.integrity import sha256_file
 from training.reiqa.features import encoder_from_spec, multiscale_features, read_images
 from training.reiqa.model import ARCHITECTURES, CheckpointError, ResNetTrunk
 from training.reiqa.regressor import RidgeRegressor, split_evaluation
