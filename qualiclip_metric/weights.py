@@ -321,9 +321,8 @@ def pretrained_status(name: str, cache_dir: str | os.PathLike | None = None) -> 
     return PretrainedStatus(entry.name, Path(str(found[0])).parent, verified)
 
 
-def _not_found(tried: list[_Unavailable]) -> WeightsNotFoundError:
-    lines = ["QualiCLIP weights could not be found. Sources tried:"]
-    lines += [f"  - {attempt.where}: {attempt.reason}" for attempt in tried]
+def _not_found(attempt: _Unavailable) -> WeightsNotFoundError:
+    lines = ["QualiCLIP weights could not be found. Sources tried:", f"  - {attempt.where}: {attempt.reason}"]
     lines += [
         "To fix this:",
         "  - allow downloads (unset HF_HUB_OFFLINE, drop local_files_only or --offline) on a machine with network, or",
@@ -377,7 +376,7 @@ def resolve(
         hub = parse_hub_source(str(source), revision)
         return fetch_hub_layout(hub, cache_dir=cache, network=network, need_text=need_text)
     except _Unavailable as err:
-        raise _not_found([err]) from None
+        raise _not_found(err) from None
 
 
 def load_checkpoint(
