@@ -546,7 +546,7 @@ def run_info(args: argparse.Namespace) -> int:
 
     from qualiclip_metric import __version__
     from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
-    from qualiclip_metric.pretrained import DEFAULT_NAME, REGISTRY
+    from qualiclip_metric.pretrained import ALIASES, DEFAULT_NAME, REGISTRY
     from qualiclip_metric.weights import hub_cache_dir, is_offline, pretrained_status, resolve
 
     devices = ["cpu"]
@@ -584,6 +584,7 @@ def run_info(args: argparse.Namespace) -> int:
         except (CheckpointError, WeightsNotFoundError) as err:
             cached, verified = "broken", str(err)
         print(f"  {name:<{width}}  {cached:<6}  {verified:<8}  {REGISTRY[name].description}")
+    print("  aliases: " + ", ".join(f"{alias} = {name}" for alias, name in ALIASES.items()))
     return EXIT_OK
 
 
