@@ -11,6 +11,7 @@ tensor file). The official layout is one ``torch.save`` state dict with ``prompt
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -238,7 +239,12 @@ def write_layout(
             if not overwrite:
                 raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it")
             shutil.rmtree(directory)
-        os.replace(staging, directory)
+        try:
+            os.replace(staging, directory)
+        except OSError as err:  # another writer's folder landed in between
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            raise FileExistsError(f"{directory} was written meanwhile by another process") from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory

@@ -230,7 +230,7 @@ def _load_model(args: argparse.Namespace, prompts: list[list[str]] | None = None
             compiled=args.compile,
             device=_pick_device(args.device, local_rank),
         )
-    except (WeightsNotFoundError, CheckpointError) as err:
+    except (WeightsNotFoundError, CheckpointError, OSError) as err:  # OSError: a cache that cannot be written
         print(f"qualiclip: cannot load weights:\n{err}", file=sys.stderr)
         return EXIT_WEIGHTS
     except (ValueError, RuntimeError) as err:
@@ -495,14 +495,24 @@ def _print_evaluation(report: dict[str, Any]) -> None:
 
 
 def _folder_name(source: str) -> str:
-    """A folder name for ``source`` under ``download --to``: the registry name, or the source made safe."""
-    return re.sub(r"[^A-Za-z0-9+._-]+", "-", source.removeprefix("hf-hub:")).strip("-.") or "weights"
+    """A folder name for ``source`` under ``download --to``: the registry name, ``ORG-REPO[-REV]`` of a Hub
+    source, or a local source's own name."""
+    name = source.removeprefix("hf-hub:") if source.startswith("hf-hub:") else Path(source).name
+    return re.sub(r"[^A-Za-z0-9+._-]+", "-", name).strip("-.") or "weights"
+
+
+def _same_tensors(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    import torch
+
+    if a is None or b is None:
+        return a is b
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
 def _download_one(args: argparse.Namespace, name: str) -> str:
     """Fetch (and with ``--to`` write) one source; return what to print, or raise on failure."""
-    from qualiclip_metric.checkpoint import CONFIG_FILE, read_layout, write_layout
-    from qualiclip_metric.config import QualiCLIPConfig
+    from qualiclip_metric.checkpoint import TEXT_FILE, read_layout, write_layout
+    from qualiclip_metric.errors import CheckpointError
     from qualiclip_metric.pretrained import get_pretrained, is_pretrained_name
     from qualiclip_metric.weights import load_checkpoint
 
@@ -514,20 +524,29 @@ def _download_one(args: argparse.Namespace, name: str) -> str:
     if args.to is None:
         return checkpoint.origin
     target = args.to / _folder_name(name)
-    if target.exists():
-        existing = QualiCLIPConfig.read(target / CONFIG_FILE) if (target / CONFIG_FILE).is_file() else None
-        if existing is None or existing.provenance != checkpoint.config.provenance:
-            raise FileExistsError(f"{target} exists and holds something else; nothing was replaced")
-        read_layout(target, need_text=need_text, verify="always")
-        return f"{target} (already there, verified)"
-    write_layout(checkpoint, target, include_text=need_text)
-    return str(target)
+    if not target.exists():
+        write_layout(checkpoint, target, include_text=need_text)
+        return str(target)
+    refusal = f"{target} exists and holds other weights; nothing was replaced"
+    if need_text and not (target / TEXT_FILE).is_file():
+        raise FileExistsError(f"{target} exists without the text tower that --text asks for; nothing was replaced")
+    try:  # the same tensors, whatever the version that wrote them: keep the folder
+        existing = read_layout(target, need_text=need_text, verify="always")
+    except CheckpointError as err:
+        raise FileExistsError(f"{refusal} ({err})") from err
+    same_text = not need_text or _same_tensors(existing.text_state, checkpoint.text_state)
+    if not (_same_tensors(existing.image_state, checkpoint.image_state) and same_text):
+        raise FileExistsError(refusal)
+    return f"{target} (already there, verified)"
 
 
 def run_download(args: argparse.Namespace) -> int:
     from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
     from qualiclip_metric.pretrained import DEFAULT_NAME
 
+    if args.to is not None and args.to.exists() and not args.to.is_dir():
+        print(f"qualiclip: --to {args.to}: not a folder", file=sys.stderr)
+        return EXIT_USAGE
     code = EXIT_OK
     for name in args.names or [DEFAULT_NAME]:
         try:

@@ -52,7 +52,6 @@ class Pretrained:
     config: HubFile | None = None
     text: HubFile | None = None
     license: str = LICENSE
-    temperature: float = 1.0
 
     @property
     def is_release(self) -> bool:
@@ -93,7 +92,6 @@ REGISTRY: dict[str, Pretrained] = {
             f"QualiCLIP+: QualiCLIP with 14 prompts learned on the MOS of {dataset} (pyiqa)",
             _QUALICLIP,
             _pyiqa_file(f"QualiCLIP+_{key}.pth", sha256, _PROMPT_LEARNER_SIZE),
-            temperature=2.0,
         )
         for key, (dataset, sha256) in _PLUS.items()
     },

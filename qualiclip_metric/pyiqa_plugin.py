@@ -75,7 +75,6 @@ class QualiCLIPMetricArch(nn.Module):
         pretrained: bool = True,
     ) -> None:
         super().__init__()
-        from qualiclip_metric.pretrained import DEFAULT_NAME, get_pretrained, is_pretrained_name
         from qualiclip_metric.prompt_learner import is_prompt_learner
 
         self.max_size = validate_max_size(max_size)
@@ -90,8 +89,6 @@ class QualiCLIPMetricArch(nn.Module):
                 prompt_learner = pretrained_model_path
             else:
                 weights = pretrained_model_path
-        if prompt_learner is not None and is_pretrained_name(weights):
-            weights = DEFAULT_NAME if get_pretrained(str(weights)).prompt_learner is not None else weights
         self.model = QualiCLIP.from_pretrained(
             weights,
             prompt_learner=prompt_learner,
@@ -121,7 +118,7 @@ def qualiclip_arch(model_type: str = "qualiclip", **options: Any) -> nn.Module:
     options only it has."""
     ours = model_type == "qualiclip" or (model_type in FAMILY and options.get("pretrained", True))
     if ours and not PYIQA_ONLY_OPTIONS & set(options):
-        return QualiCLIPMetricArch(weights=model_type, **options)
+        return QualiCLIPMetricArch(**{"weights": model_type, **options})
     from pyiqa.archs.qualiclip_arch import QualiCLIP as PyiqaQualiCLIP
 
     return PyiqaQualiCLIP(model_type=model_type, **options)

@@ -162,8 +162,9 @@ def _hub_download(repo_id: str, filename: str, revision: str | None, cache_dir: 
     unavailable = network.unavailable()
     try:
         return download(local_files_only=unavailable is not None)
-    except (errors.EntryNotFoundError, errors.OfflineModeIsEnabled, OSError) as err:
-        # HfHubHTTPError (an OSError) covers missing repositories, revisions and files, and gated access.
+    except Exception as err:
+        # HfHubHTTPError (an OSError) covers missing repositories, revisions and files, and gated access;
+        # the HTTP client's own errors (a dropped connection mid-download) are not OSErrors.
         missing_locally = isinstance(err, errors.LocalEntryNotFoundError)
         raise _Unavailable(where, unavailable if unavailable and missing_locally else _first_line(err)) from err
 
@@ -225,11 +226,7 @@ def convert_to_layout(
     include_text: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``checkpoint`` in our layout at ``target``, recording where it came from.
-
-    Without ``overwrite``, a ``target`` that exists (another process converted the same files
-    meanwhile) is kept as it is.
-    """
+    """Write ``checkpoint`` in our layout at ``target``, recording where it came from."""
     checkpoint = replace(
         checkpoint,
         config=replace(
@@ -241,10 +238,7 @@ def convert_to_layout(
             },
         ),
     )
-    try:
-        return write_layout(checkpoint, target, include_text=include_text, overwrite=overwrite)
-    except FileExistsError:
-        return target
+    return write_layout(checkpoint, target, include_text=include_text, overwrite=overwrite)
 
 
 def _check_converted(entry: Pretrained, directory: Path) -> None:
@@ -278,15 +272,21 @@ def _resolve_pretrained(entry: Pretrained, cache_dir: Path, network: _Network, n
     if (target / CONFIG_FILE).is_file():
         _check_converted(entry, target)
         return target
+    # The copy is trusted by every later load: its sources are checked whatever ``verify`` says.
+    checked = verify or True
     checkpoint = read_checkpoint(
-        _pinned_download(entry.weights, cache_dir, network, verify), need_text=entry.prompt_learner is not None
+        _pinned_download(entry.weights, cache_dir, network, checked), need_text=entry.prompt_learner is not None
     )
     if entry.prompt_learner is not None:
         from qualiclip_metric.prompt_learner import read_prompt_learner, with_learned_prompts
 
-        learner = _pinned_download(entry.prompt_learner, cache_dir, network, verify)
+        learner = _pinned_download(entry.prompt_learner, cache_dir, network, checked)
         checkpoint = with_learned_prompts(checkpoint, read_prompt_learner(learner), str(entry.prompt_learner))
-    return convert_to_layout(checkpoint, target, _registry_provenance(entry))
+    try:
+        return convert_to_layout(checkpoint, target, _registry_provenance(entry))
+    except FileExistsError:  # another process converted the same files meanwhile
+        _check_converted(entry, target)
+        return target
 
 
 @dataclass(frozen=True)
@@ -301,23 +301,32 @@ class PretrainedStatus:
 
 
 def pretrained_status(name: str, cache_dir: str | os.PathLike | None = None) -> PretrainedStatus:
-    """Whether ``name`` can be loaded offline here, and whether its files were verified."""
+    """Whether ``name`` can be loaded offline here, and whether its files were verified (nothing is hashed).
+
+    Raises:
+        CheckpointError: a converted copy that was not made from the registry's pinned files.
+    """
     from huggingface_hub import try_to_load_from_cache
 
     entry = get_pretrained(name)
     if not entry.is_release:
         target = converted_dir(entry)
-        if not (target / CONFIG_FILE).is_file():
-            return PretrainedStatus(entry.name, None, False)
-        files = QualiCLIPConfig.read(target / CONFIG_FILE).files
-        verified = bool(files) and all(is_verified(target / file, sha) for file, sha in files.items())
-        return PretrainedStatus(entry.name, target, verified)
-    files = [file for file in (entry.config, entry.weights) if file is not None]
+        if (target / CONFIG_FILE).is_file():
+            _check_converted(entry, target)
+            files = QualiCLIPConfig.read(target / CONFIG_FILE).files
+            verified = bool(files) and all(is_verified(target / file, sha) for file, sha in files.items())
+            return PretrainedStatus(entry.name, target, verified)
+    files = [entry.config, entry.weights] if entry.is_release else list(entry.files)
     cache = hub_cache_dir(cache_dir)
-    found = [try_to_load_from_cache(f.repo_id, f.filename, cache_dir=cache, revision=f.revision) for f in files]
-    if not all(isinstance(path, str) for path in found):
+    found = [
+        try_to_load_from_cache(f.repo_id, f.filename, cache_dir=cache, revision=f.revision)
+        for f in files
+        if f is not None
+    ]
+    if not found or not all(isinstance(path, str) for path in found):
         return PretrainedStatus(entry.name, None, False)
-    verified = all(is_verified(path, f.sha256) for path, f in zip(found, files, strict=True))
+    pinned = [f for f in files if f is not None]
+    verified = all(is_verified(path, f.sha256) for path, f in zip(found, pinned, strict=True))
     return PretrainedStatus(entry.name, Path(str(found[0])).parent, verified)
 
 
@@ -394,8 +403,14 @@ def load_checkpoint(
     ``prompt_learner`` is a QualiCLIP+ prompt learner file in pyiqa's layout: its learned prompts are
     encoded with the text tower of ``source``, which must hold one.
     """
-    if prompt_learner is not None and need_text:
-        raise ValueError("custom prompts replace the learned prompts of a prompt learner: give one or the other")
+    if prompt_learner is not None:
+        if need_text:
+            raise ValueError("custom prompts replace the learned prompts of a prompt learner: give one or the other")
+        learner = Path(prompt_learner).expanduser()
+        if not learner.is_file():
+            raise WeightsNotFoundError(f"{learner}: no such prompt learner file")
+        if is_pretrained_name(source) and get_pretrained(str(source)).prompt_learner is not None:
+            source = DEFAULT_NAME  # a QualiCLIP+ name's base is QualiCLIP; the given learner replaces its own
     path = resolve(
         source,
         revision=revision,
@@ -416,9 +431,6 @@ def load_checkpoint(
     if prompt_learner is not None:
         from qualiclip_metric.prompt_learner import read_prompt_learner, with_learned_prompts
 
-        learner = Path(prompt_learner).expanduser()
-        if not learner.is_file():
-            raise WeightsNotFoundError(f"{learner}: no such prompt learner file")
         checkpoint = with_learned_prompts(
             checkpoint,
             read_prompt_learner(learner),

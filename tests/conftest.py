@@ -187,10 +187,14 @@ def pyiqa_plus_reference(official_pth: Path, clip_parts):
 @pytest.fixture(scope="session")
 def registry_files(official_pth: Path, prompt_learner_files) -> dict[str, tuple[Path, str, int]]:
     """The generated stand-ins for the registry's files: path, sha256 and size by file name."""
-    from qualiclip_metric.integrity import sha256_file
+    import hashlib
+
+    def sha256(path: Path) -> str:  # hashlib directly: the expected values must not come from the code under test
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
 
     files = {"QualiCLIP.pth": official_pth, **{path.name: path for path in prompt_learner_files.values()}}
-    return {name: (path, sha256_file(path), path.stat().st_size) for name, path in files.items()}
+    return {name: (path, sha256(path), path.stat().st_size) for name, path in files.items()}
 
 
 @pytest.fixture(scope="session")

@@ -108,7 +108,8 @@ def test_default_weights_info_download_and_the_air_gap(folder, pinned_hub_cache,
     info = run_pinned(["info"], registry_files, env)
     assert info.returncode == 0 and str(pinned_hub_cache) in info.stdout
     table = {line.split()[0]: line.split()[1:3] for line in info.stdout.splitlines() if line.startswith("  qualiclip")}
-    assert table["qualiclip"] == ["yes", "yes"] and table["qualiclip+-spaq"] == ["no", "no"]
+    assert table["qualiclip"] == ["yes", "yes"]  # converted and verified by the first score
+    assert table["qualiclip+-spaq"] == ["yes", "no"]  # its files are in the hub cache, its prompt learner unhashed
 
     # Where there is network (here: the pre-filled cache), write self-contained folders ...
     bundle = tmp_path / "bundle"
@@ -134,9 +135,33 @@ def test_download_never_replaces_a_folder_that_holds_something_else(registry_fil
     (tmp_path / "bundle" / "qualiclip").mkdir(parents=True)
     (tmp_path / "bundle" / "qualiclip" / "notes.txt").write_text("mine")
     result = run_pinned(["download", "qualiclip", "qualiclip+-clive", "--to", tmp_path / "bundle"], registry_files, env)
-    assert result.returncode == 3 and "holds something else; nothing was replaced" in result.stderr
+    assert result.returncode == 3 and "holds other weights; nothing was replaced" in result.stderr
     assert (tmp_path / "bundle" / "qualiclip" / "notes.txt").read_text() == "mine"
     assert (tmp_path / "bundle" / "qualiclip+-clive" / "config.json").is_file()  # the other name was still written
+
+
+def test_download_to_a_folder_of_other_weights_is_refused(official_pth, tmp_path):
+    """Same source path, new content: the folder written before is kept, not taken for the new weights."""
+    from qualiclip_metric.checkpoint import read_checkpoint, write_layout
+
+    source = tmp_path / "weights"
+    checkpoint = read_checkpoint(official_pth)
+    write_layout(checkpoint, source)
+    bundle = tmp_path / "bundle"
+    assert run(["download", source, "--to", bundle]).returncode == 0
+    written = (bundle / "weights" / "model.safetensors").read_bytes()
+    checkpoint.image_state = {
+        **checkpoint.image_state,
+        "visual.bn1.bias": checkpoint.image_state["visual.bn1.bias"] + 1,
+    }
+    write_layout(checkpoint, source, overwrite=True)
+    result = run(["download", source, "--to", bundle])
+    assert result.returncode == 3 and "holds other weights; nothing was replaced" in result.stderr
+    assert (bundle / "weights" / "model.safetensors").read_bytes() == written
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    usage = run(["download", source, "--to", not_a_folder])
+    assert usage.returncode == 2 and "not a folder" in usage.stderr
 
 
 def test_hub_sources_from_an_offline_cache(folder, hub_cache):

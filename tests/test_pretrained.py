@@ -92,6 +92,22 @@ def test_a_file_with_the_wrong_size_is_refused_without_hashing(pinned_registry, 
         QualiCLIP.from_pretrained("qualiclip+-spaq", cache_dir=pinned_registry)
 
 
+def test_verify_false_never_leaves_an_unchecked_copy_for_later_loads(registry_files, pinned_registry, tmp_path):
+    """A conversion is trusted by every later load, so its sources are checked even with verify=False."""
+    from hubcache import prefill
+
+    path, _, _ = registry_files["QualiCLIP.pth"]
+    tampered = tmp_path / "QualiCLIP.pth"
+    data = bytearray(path.read_bytes())
+    data[-1000] ^= 0x01
+    tampered.write_bytes(bytes(data))
+    cache = tmp_path / "tampered-hub"
+    prefill(cache, registry.PYIQA_REPO, {"QualiCLIP.pth": tampered}, registry.PYIQA_COMMIT)
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        QualiCLIP.from_pretrained("qualiclip", cache_dir=cache, verify=False)
+    assert not (converted_dir(registry.get_pretrained("qualiclip")) / CONFIG_FILE).exists()
+
+
 def test_a_second_load_trusts_the_verification_stamp_until_the_file_changes(pinned_registry, official_pth, images):
     expected = scores(QualiCLIP.from_pretrained(official_pth), images)
     QualiCLIP.from_pretrained(cache_dir=pinned_registry)
@@ -172,6 +188,17 @@ def test_a_prompt_learner_with_another_context_length(official_pth, clip_parts, 
     expected = scores(pyiqa_plus_reference(path, n_ctx=7), images).squeeze(1)
     actual = scores(QualiCLIP.from_pretrained(official_pth, prompt_learner=path), images)
     assert (actual - expected).abs().max() <= TOLERANCE
+
+
+def test_a_prompt_learner_given_with_a_qualiclip_plus_name_replaces_its_prompts(
+    pinned_registry, prompt_learner_files, images
+):
+    learner = prompt_learner_files["clive"]
+    on_plus = QualiCLIP.from_pretrained("qualiclip+-spaq", prompt_learner=learner)
+    on_base = QualiCLIP.from_pretrained("qualiclip", prompt_learner=learner)
+    assert torch.equal(scores(on_plus, images), scores(on_base, images))
+    with pytest.raises(WeightsNotFoundError, match="no such prompt learner file"):
+        QualiCLIP.from_pretrained("qualiclip", prompt_learner=pinned_registry / "missing.pth")
 
 
 def test_prompt_learners_that_do_not_fit_are_refused(official_pth, prompt_learner_files, tmp_path):

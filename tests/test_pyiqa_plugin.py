@@ -180,5 +180,7 @@ def test_pyiqas_own_qualiclip_plus_classes_stay_reachable():
 def test_pyiqas_arch_name_builds_ours_for_the_family_and_pyiqas_for_untrained_learners(pinned_registry):
     net = qualiclip_arch(model_type="qualiclip+-flive", pretrained=True)
     assert isinstance(net, QualiCLIPMetricArch) and net.model.temperature == 2.0
+    local = qualiclip_arch(model_type="qualiclip", weights="qualiclip+-clive")  # an explicit weights= wins
+    assert "qualiclip+-clive" in local.model.source
     with pytest.raises(ValueError, match="pretrained=False"):
         QualiCLIPMetricArch(weights="qualiclip+", pretrained=False)
