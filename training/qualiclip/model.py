@@ -67,8 +67,11 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") for name in archive.namelist())
 
 
-def load_clip_weights(init: str, seed: int = 0) -> Checkpoint:
-    """Image and text state of CLIP RN50 (or a QualiCLIP checkpoint) from ``init``."""
+def load_clip_weights(init: str, seed: int = 0, need_text: bool = False) -> Checkpoint:
+    """Image and text state of CLIP RN50 (or a QualiCLIP checkpoint) from ``init``.
+
+    A QualiCLIP layout folder or Hub release gives its text tower only with ``need_text``.
+    """
     if init == "random":
         torch.manual_seed(seed)
         state = _quiet_open_clip(None).state_dict()
@@ -91,7 +94,7 @@ def load_clip_weights(init: str, seed: int = 0) -> Checkpoint:
         return Checkpoint(image, text, QualiCLIPConfig(), origin=str(path))
     from qualiclip_metric.weights import load_checkpoint
 
-    return load_checkpoint(init, need_text=False)
+    return load_checkpoint(init, need_text=need_text)
 
 
 def build_scorer(config: ModelConfig) -> tuple[QualiCLIP, StateDict | None]:

@@ -84,11 +84,7 @@ def mos_losses(scores: Tensor, targets: Tensor, config: LossConfig) -> dict[str,
 def load_base(config: ModelConfig) -> Checkpoint:
     """CLIP or QualiCLIP weights from ``model.init``, with the text tower the learned prompts go through."""
     try:
-        checkpoint = load_clip_weights(config.init, config.init_seed)
-        if checkpoint.text_state is None:  # a QualiCLIP checkpoint is read without its text tower there
-            from qualiclip_metric.weights import load_checkpoint
-
-            checkpoint = load_checkpoint(config.init, need_text=True)
+        checkpoint = load_clip_weights(config.init, config.init_seed, need_text=True)
     except (CheckpointError, WeightsNotFoundError) as err:
         raise TrainingError(f"model.init: {err}") from err
     return checkpoint
