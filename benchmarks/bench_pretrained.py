@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -56,9 +55,10 @@ def pyiqa_prompt_learner(official_pth: Path, folder: Path) -> Path:
 
 
 def pin_registry(files: dict[str, Path], cache: Path) -> None:
-    """Pre-fill ``cache`` with ``files`` at the registry's commit and pin the registry to their hashes."""
+    """Pre-fill ``cache`` with ``files`` at the registry's commit and pin the registry to their hashes, as the
+    tests do (``tests/hubcache.py``)."""
     sys.path.insert(0, str(ROOT.parent / "tests"))
-    from hubcache import prefill
+    from hubcache import pin_to, prefill
 
     from qualiclip_metric import pretrained
     from qualiclip_metric.integrity import sha256_file
@@ -66,12 +66,7 @@ def pin_registry(files: dict[str, Path], cache: Path) -> None:
     prefill(cache, pretrained.PYIQA_REPO, files, pretrained.PYIQA_COMMIT)
     pins = {name: (path, sha256_file(path), path.stat().st_size) for name, path in files.items()}
     for name, entry in list(pretrained.REGISTRY.items()):
-        changes = {}
-        for field in fields(entry):
-            file = getattr(entry, field.name)
-            if isinstance(file, pretrained.HubFile) and file.filename in pins:
-                changes[field.name] = replace(file, sha256=pins[file.filename][1], size=pins[file.filename][2])
-        pretrained.REGISTRY[name] = replace(entry, **changes)
+        pretrained.REGISTRY[name] = pin_to(entry, pins)
 
 
 def seconds(fn) -> float:

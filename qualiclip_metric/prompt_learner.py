@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qualiclip_metric.checkpoint import Checkpoint, read_torch_file
-from qualiclip_metric.config import DEFAULT_PROMPT_PAIRS, PromptPair, validate_prompt_pairs
+from qualiclip_metric.config import DEFAULT_PROMPT_PAIRS, SCORE_LOGIT_SCALE, PromptPair, validate_prompt_pairs
 from qualiclip_metric.errors import CheckpointError
 
 PREFIX = "prompt_learner."
@@ -178,24 +178,36 @@ def with_learned_prompts(
 
     if base.text_state is None:
         raise CheckpointError(f"{base.origin}: encoding learned prompts needs the text tower, which it lacks")
-    pairs = DEFAULT_PROMPT_PAIRS
     ctx = learner_state.get(PREFIX + "ctx")
     context_tokens = ctx.shape[-2] if isinstance(ctx, Tensor) and ctx.dim() >= 2 else CONTEXT_TOKENS
-    learner = PromptLearner(build_text_tower(base.text_state, base.origin), pairs, context_tokens)
+    learner = PromptLearner(build_text_tower(base.text_state, base.origin), DEFAULT_PROMPT_PAIRS, context_tokens)
     learner.load_pyiqa_state(learner_state, origin)
     with torch.no_grad():
         features = F.normalize(learner().float(), dim=-1)
+    provenance = {**(provenance or {}), "prompt_learner": origin}
+    checkpoint = scoring_with_prompt_features(base, features, provenance)
+    checkpoint.origin = f"{base.origin} + {origin}"
+    return checkpoint
+
+
+def scoring_with_prompt_features(
+    base: Checkpoint, features: Tensor, provenance: Mapping[str, object] | None = None
+) -> Checkpoint:
+    """``base``, without its text tower, scoring with learned prompt ``features`` (14, 1024) as pyiqa's
+    QualiCLIP+ does: temperature 2 and the scale exp(logit_scale) of ``base``.
+
+    The one place that sets QualiCLIP+'s scoring: the conversion and ``training/`` both use it.
+    """
     logit_scale = base.image_state.get("logit_scale")
-    scale = float(logit_scale.float().exp()) if logit_scale is not None else 100.0
+    scale = float(logit_scale.float().exp()) if logit_scale is not None else SCORE_LOGIT_SCALE
     if not math.isfinite(scale) or scale <= 0:
         raise CheckpointError(f"{base.origin}: logit_scale {scale} is not a usable positive number")
-    image_state = {**base.image_state, "prompts_features": features}
     config = replace(
         base.config,
-        prompt_pairs=pairs,
+        prompt_pairs=DEFAULT_PROMPT_PAIRS,
         temperature=TEMPERATURE,
         score_logit_scale=scale,
         files={},
-        provenance={**base.config.provenance, **(provenance or {}), "prompt_learner": origin},
+        provenance={**base.config.provenance, **(provenance or {})},
     )
-    return Checkpoint(image_state, None, config, origin=f"{base.origin} + {origin}")
+    return Checkpoint({**base.image_state, "prompts_features": features}, None, config, origin=base.origin)

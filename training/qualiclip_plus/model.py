@@ -10,19 +10,18 @@ moments), and the towers are rebuilt from ``model.init`` on resume.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qualiclip_metric.checkpoint import Checkpoint
-from qualiclip_metric.config import DEFAULT_PROMPT_PAIRS, SCORE_LOGIT_SCALE
+from qualiclip_metric.config import DEFAULT_PROMPT_PAIRS
 from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
 from qualiclip_metric.model import QualiCLIP
-from qualiclip_metric.prompt_learner import CONTEXT_TOKENS, TEMPERATURE, PromptLearner
+from qualiclip_metric.prompt_learner import CONTEXT_TOKENS, PromptLearner, scoring_with_prompt_features
 from qualiclip_metric.text import build_text_tower
 from training.errors import TrainingError
 from training.qualiclip.model import load_clip_weights
@@ -90,22 +89,6 @@ def load_base(config: ModelConfig) -> Checkpoint:
     return checkpoint
 
 
-def scorer_checkpoint(base: Checkpoint, features: Tensor) -> Checkpoint:
-    """``base`` scoring with ``features`` as :func:`with_learned_prompts` sets it up for the export.
-
-    The same temperature and logit scale (tested to give the export's scores), without encoding the
-    prompts a second time with a text tower of its own.
-    """
-    logit_scale = base.image_state.get("logit_scale")
-    scale = float(logit_scale.float().exp()) if logit_scale is not None else SCORE_LOGIT_SCALE
-    if not math.isfinite(scale) or scale <= 0:
-        raise TrainingError(f"model.init: {base.origin}: logit_scale {scale} is not a usable positive number")
-    config = replace(
-        base.config, prompt_pairs=DEFAULT_PROMPT_PAIRS, temperature=TEMPERATURE, score_logit_scale=scale, files={}
-    )
-    return Checkpoint({**base.image_state, "prompts_features": features}, None, config, base.origin)
-
-
 class QualiCLIPPlusTrainingModule(nn.Module):
     """Maps a batch ``{"images": (B, 3, S, S), "targets": (B,)}`` to the MOS losses of QualiCLIP+'s score."""
 
@@ -119,7 +102,11 @@ class QualiCLIPPlusTrainingModule(nn.Module):
         with torch.no_grad():
             features = F.normalize(self.learner().float(), dim=-1)
         #: Kept in a list, outside parameters() and state_dict(): frozen, and rebuilt from ``model.init``.
-        self._frozen = [QualiCLIP.from_checkpoint(scorer_checkpoint(base, features))]
+        try:
+            scoring = scoring_with_prompt_features(base, features)
+        except CheckpointError as err:
+            raise TrainingError(f"model.init: {err}") from err
+        self._frozen = [QualiCLIP.from_checkpoint(scoring)]
         #: The starting weights, for the export's conversion (plain tensors, not part of the state dict).
         self.base = base
         self.loss_config = loss
