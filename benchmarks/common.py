@@ -15,6 +15,8 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
+from qualiclip_metric.machine import cpu_features, cpu_model
+
 ROOT = Path(__file__).resolve().parent
 CLIVE = ROOT.parent.parent / "shared" / "data" / "clive" / "images"
 #: fp32 score agreement below which a speed comparison is valid.
@@ -89,28 +91,6 @@ def pyiqa_model(official_pth: Path, temperature: float = 1.0) -> torch.nn.Module
     with torch.no_grad():
         model.clip_model[0].logit_scale.fill_(math.log(100.0))
     return model
-
-
-def cpu_features() -> list[str]:
-    """The CPU's vector and matrix extensions that decide fp32/bf16/fp16 speed (Linux)."""
-    wanted = {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "amx_tile"}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(wanted & set(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return []
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine(device: torch.device) -> dict[str, object]:
