@@ -11,6 +11,7 @@ tensor file). The official layout is one ``torch.save`` state dict with ``prompt
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -18,6 +19,7 @@ import pickle
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -214,30 +216,25 @@ def _save_safetensors(tensors: StateDict, path: Path, metadata: dict[str, str]) 
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
-def write_layout(
-    checkpoint: Checkpoint, directory: str | os.PathLike, *, include_text: bool = True, overwrite: bool = False
-) -> Path:
-    """Write our Hub layout (into a temporary sibling, then renamed into place) and return it.
+@contextlib.contextmanager
+def staged_folder(directory: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``directory`` to fill; on success it is renamed into place.
 
-    An existing ``directory`` raises :class:`FileExistsError` unless ``overwrite`` is set.
+    Readers never see a half-written folder, and a failure leaves nothing behind. An existing
+    ``directory`` raises :class:`FileExistsError` unless ``overwrite`` is set (checked again after
+    filling, since another process may have written it meanwhile).
     """
     directory = Path(directory)
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        base_config = replace(checkpoint.config, files={})
-        metadata = {"format": base_config.format, "qualiclip_config": base_config.to_json()}
-        files = {}
-        _save_safetensors(checkpoint.image_state, staging / MODEL_FILE, metadata)
-        files[MODEL_FILE] = sha256_file(staging / MODEL_FILE)
-        if include_text and checkpoint.text_state:
-            _save_safetensors(checkpoint.text_state, staging / TEXT_FILE, {"format": base_config.format})
-            files[TEXT_FILE] = sha256_file(staging / TEXT_FILE)
-        (staging / CONFIG_FILE).write_text(replace(base_config, files=files).to_json(), encoding="utf-8")
+        yield staging
         _share_like_new_files(staging)
         if directory.exists():
             if not overwrite:
-                raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it")
+                raise FileExistsError(f"{directory} was written meanwhile by another process")
             shutil.rmtree(directory)
         try:
             os.replace(staging, directory)
@@ -247,7 +244,26 @@ def write_layout(
             raise FileExistsError(f"{directory} was written meanwhile by another process") from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return directory
+
+
+def write_layout(
+    checkpoint: Checkpoint, directory: str | os.PathLike, *, include_text: bool = True, overwrite: bool = False
+) -> Path:
+    """Write our Hub layout (into a temporary sibling, then renamed into place) and return it.
+
+    An existing ``directory`` raises :class:`FileExistsError` unless ``overwrite`` is set.
+    """
+    with staged_folder(directory, overwrite=overwrite) as staging:
+        base_config = replace(checkpoint.config, files={})
+        metadata = {"format": base_config.format, "qualiclip_config": base_config.to_json()}
+        files = {}
+        _save_safetensors(checkpoint.image_state, staging / MODEL_FILE, metadata)
+        files[MODEL_FILE] = sha256_file(staging / MODEL_FILE)
+        if include_text and checkpoint.text_state:
+            _save_safetensors(checkpoint.text_state, staging / TEXT_FILE, {"format": base_config.format})
+            files[TEXT_FILE] = sha256_file(staging / TEXT_FILE)
+        (staging / CONFIG_FILE).write_text(replace(base_config, files=files).to_json(), encoding="utf-8")
+    return Path(directory)
 
 
 def write_official(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
