@@ -4,12 +4,14 @@ from qualiclip_metric._version import __version__
 from qualiclip_metric.checkpoint import Checkpoint
 from qualiclip_metric.config import DEFAULT_PROMPT_PAIRS, QualiCLIPConfig
 from qualiclip_metric.errors import CheckpointError, ImageLoadError, WeightsNotFoundError
+from qualiclip_metric.export import export_scorer
 from qualiclip_metric.functional import qualiclip_score
 from qualiclip_metric.inputs import load_image
 from qualiclip_metric.loss import QualiCLIPLoss
 from qualiclip_metric.model import QualiCLIP
 from qualiclip_metric.pretrained import list_pretrained
 from qualiclip_metric.pyiqa_plugin import install as _install_pyiqa_plugin
+from qualiclip_metric.runtimes import fastest_configuration
 
 _install_pyiqa_plugin()
 
@@ -33,6 +35,8 @@ __all__ = [
     "QualiCLIPScore",
     "WeightsNotFoundError",
     "__version__",
+    "export_scorer",
+    "fastest_configuration",
     "list_pretrained",
     "load_image",
     "qualiclip_score",

@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from qualiclip_metric.export import FORMATS
 from qualiclip_metric.inputs import MIN_IMAGE_SIDE as MIN_SIDE
+from qualiclip_metric.runtimes import BACKENDS
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_WEIGHTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -78,13 +80,20 @@ def _scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         choices=("fp32", "tf32", "bf16", "fp16"),
-        default="fp32",
-        help="compute precision (default fp32, strict IEEE)",
+        help="compute precision (default fp32, strict IEEE; with --fast, what the machine runs best)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="who computes the scores: torch (default, the reference), openvino or onnxruntime (CPU only)",
+    )
+    parser.add_argument(
+        "--threads", type=_positive_int, help="CPU threads for scoring (default: torch's, usually the core count)"
     )
     parser.add_argument(
         "--fast",
         action="store_true",
-        help="inference-only trunk: BatchNorm folded, channels-last, weights in the compute precision",
+        help="the fastest configuration this machine has within 3e-3 of fp32 (`qualiclip info` says which and why)",
     )
     parser.add_argument(
         "--compile",
@@ -183,6 +192,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _weights_arguments(download)
 
+    export = commands.add_parser(
+        "export",
+        help="write the whole score as an ONNX or OpenVINO model that runs without this package",
+        description="Write DIR with the model file (model.onnx, or model.xml and model.bin) and qualiclip.json, "
+        "which describes its input (float RGB in [0, 1], N x 3 x H x W), its outputs (the N scores, and with "
+        "--per-pair the N x P pair probabilities), the prompts, the temperature and the weights' provenance.",
+    )
+    export.add_argument("--format", choices=FORMATS, required=True, help="onnx or openvino")
+    export.add_argument("--output", "-o", type=Path, required=True, metavar="DIR", help="folder to create (new)")
+    export.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="fp32 (default); fp16; bf16 (openvino only: its inference precision hint)",
+    )
+    export.add_argument("--per-pair", action="store_true", help="also output the probability of every antonym pair")
+    export.add_argument(
+        "--weights", metavar="SOURCE", help="a registry name, hf-hub:ORG/REPO[@REV], a folder or a file"
+    )
+    export.add_argument("--prompt-learner", metavar="FILE", help="a QualiCLIP+ prompt learner for the --weights")
+    export.add_argument("--temperature", type=_positive_float, help="softmax temperature frozen into the file")
+    _weights_arguments(export)
+
     info = commands.add_parser("info", help="version, the registry's weights and their state, cache and devices")
     info.add_argument("--weights", metavar="SOURCE", help="weights source to look up in the cache")
     _weights_arguments(info)
@@ -211,8 +243,8 @@ def _rows(results: Iterable[Any], pair_names: list[str]) -> Iterable[dict[str, A
         yield row
 
 
-def _load_model(args: argparse.Namespace, prompts: list[list[str]] | None = None, local_rank: int = 0) -> Any:
-    """The model the arguments ask for, or the exit code after printing why it cannot be loaded."""
+def _load_weights(args: argparse.Namespace, **options: Any) -> Any:
+    """``from_pretrained`` with the weights arguments, or the exit code after printing why it failed."""
     from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
     from qualiclip_metric.model import QualiCLIP
 
@@ -223,12 +255,8 @@ def _load_model(args: argparse.Namespace, prompts: list[list[str]] | None = None
             revision=args.revision,
             cache_dir=args.cache_dir,
             local_files_only=args.offline,
-            prompts=prompts,
             temperature=args.temperature,
-            precision=args.precision,
-            fast=args.fast,
-            compiled=args.compile,
-            device=_pick_device(args.device, local_rank),
+            **options,
         )
     except (WeightsNotFoundError, CheckpointError, OSError) as err:  # OSError: a cache that cannot be written
         print(f"qualiclip: cannot load weights:\n{err}", file=sys.stderr)
@@ -236,6 +264,34 @@ def _load_model(args: argparse.Namespace, prompts: list[list[str]] | None = None
     except (ValueError, RuntimeError) as err:
         print(f"qualiclip: {err}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _load_model(args: argparse.Namespace, prompts: list[list[str]] | None = None, local_rank: int = 0) -> Any:
+    """The model the scoring arguments ask for, or the exit code after printing why it cannot be loaded."""
+    try:
+        device = _pick_device(args.device, local_rank)
+        options = _inference_options(args, device)
+    except (ValueError, RuntimeError) as err:  # RuntimeError: a device name torch does not know
+        print(f"qualiclip: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return _load_weights(args, prompts=prompts, device=device, **options)
+
+
+def _inference_options(args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    """``backend``, ``precision``, ``fast``, ``compiled`` and ``threads`` for ``from_pretrained``."""
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.compile and args.backend not in (None, "torch"):
+        raise ValueError("--compile applies to the torch backend only")
+    if args.fast and not args.compile:
+        from qualiclip_metric.runtimes import fastest_configuration
+
+        options = fastest_configuration(device, backend=args.backend, precision=args.precision).options()
+    else:
+        options = {"backend": args.backend or "torch", "precision": args.precision or "fp32", "fast": False}
+    return {**options, "compiled": args.compile, "threads": args.threads}
 
 
 def _score_paths(args: argparse.Namespace, model: Any, paths: list[Any], per_pair: bool = False) -> Any:
@@ -560,12 +616,37 @@ def run_download(args: argparse.Namespace) -> int:
     return code
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from qualiclip_metric.export import export_scorer, validate_export
+
+    try:
+        validate_export(args.format, args.precision, 2 if args.per_pair else 1)
+        if args.output.exists():
+            raise ValueError(f"--output {args.output} exists; give a new folder (nothing was replaced)")
+    except ValueError as err:
+        print(f"qualiclip: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    model = _load_weights(args, device="cpu")
+    if isinstance(model, int):
+        return model
+    try:
+        directory = export_scorer(model, args.output, args.format, precision=args.precision, per_pair=args.per_pair)
+    except (FileExistsError, OSError) as err:
+        print(f"qualiclip: cannot export to {args.output}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    outputs = "scores and pair probabilities" if args.per_pair else "scores"
+    print(f"{directory}: {args.format} {args.precision}, {outputs}, from {model.source}")
+    return EXIT_OK
+
+
 def run_info(args: argparse.Namespace) -> int:
     import torch
 
     from qualiclip_metric import __version__
     from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
+    from qualiclip_metric.machine import cpu_features, cpu_model
     from qualiclip_metric.pretrained import ALIASES, DEFAULT_NAME, REGISTRY
+    from qualiclip_metric.runtimes import fastest_configuration
     from qualiclip_metric.weights import hub_cache_dir, is_offline, pretrained_status, resolve
 
     devices = ["cpu"]
@@ -579,7 +660,13 @@ def run_info(args: argparse.Namespace) -> int:
         "hub cache": str(hub_cache_dir(args.cache_dir)),
         "offline": str(is_offline() or args.offline),
         "devices": ", ".join(devices),
+        "cpu": cpu_model(),
+        "cpu flags": " ".join(cpu_features()) or "none listed",
+        "backends": ", ".join(_backend_versions()),
     }
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        choice = fastest_configuration(device)
+        lines[f"--fast on {device}"] = f"{choice}: {choice.reason}"
     if args.weights is not None:
         try:  # look in the cache only: `info` never downloads
             lines["weights"] = str(
@@ -607,9 +694,29 @@ def run_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _backend_versions() -> list[str]:
+    import importlib.metadata
+
+    from qualiclip_metric.runtimes import REQUIREMENTS, is_installed
+
+    found = [f"torch {importlib.metadata.version('torch')}"]
+    for backend, (modules, extra) in REQUIREMENTS.items():
+        if is_installed(backend):
+            found.append(f"{backend} {importlib.metadata.version(modules[0])}")
+        else:
+            found.append(f"{backend} not installed ([{extra}] extra)")
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"score": run_score, "evaluate": run_evaluate, "download": run_download, "info": run_info}
+    commands = {
+        "score": run_score,
+        "evaluate": run_evaluate,
+        "download": run_download,
+        "export": run_export,
+        "info": run_info,
+    }
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:  # while loading or scoring; `score` keeps what it has written (see run_score)

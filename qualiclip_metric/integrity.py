@@ -12,8 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
+
+import torch
+from torch import Tensor
 
 from qualiclip_metric.errors import CheckpointError
 
@@ -101,3 +105,16 @@ def verify_sha256(
     if actual != expected:
         raise CheckpointError(f"{path}: sha256 mismatch (expected {expected}, got {actual}); {fix}")
     _write_stamp(real, actual)
+
+
+def tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
+    """sha256 of named tensors' names, dtypes, shapes and bytes, whatever file (if any) they came from.
+
+    Identifies the weights a derived file was made from, also for a model changed in memory.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()

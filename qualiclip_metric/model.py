@@ -24,9 +24,11 @@ from qualiclip_metric.config import (
 from qualiclip_metric.errors import CheckpointError
 from qualiclip_metric.inputs import as_image_batch, validate_temperature
 from qualiclip_metric.integrity import Verify
+from qualiclip_metric.runtimes import Backend, check_backend, validate_backend
 
 if TYPE_CHECKING:
     from qualiclip_metric.checkpoint import Checkpoint
+    from qualiclip_metric.runtimes import ExportedScorer
 
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 #: Autocast dtype of each precision; "fp32" is strict IEEE fp32 and "tf32" lets CUDA use TF32 in fp32 ops.
@@ -91,6 +93,16 @@ def attention_pool(pool: nn.Module, x: Tensor) -> Tensor:
     return pool.c_proj(pooled.transpose(1, 2).reshape(n, c))
 
 
+def antonym_probabilities(features: Tensor, prompts_features: Tensor, scale: float) -> Tensor:
+    """(N, P) softmax probability of each pair's positive prompt, from normalized features.
+
+    ``prompts_features`` holds each pair's positive then negative prompt; ``scale`` multiplies the
+    cosine similarities (the official 100 over the temperature).
+    """
+    logits = scale * features @ prompts_features.T
+    return logits.unflatten(-1, (-1, 2)).softmax(dim=-1)[..., 0]
+
+
 class QualiCLIP(nn.Module):
     """No-reference image quality: higher is better, in [0, 1].
 
@@ -106,6 +118,8 @@ class QualiCLIP(nn.Module):
         config: QualiCLIPConfig | None = None,
         fast: bool = False,
         compiled: bool = False,
+        backend: Backend = "torch",
+        threads: int | None = None,
     ) -> None:
         super().__init__()
         self.config = config or QualiCLIPConfig()
@@ -133,6 +147,14 @@ class QualiCLIP(nn.Module):
         #: Like :attr:`fast`, with the trunk compiled by ``torch.compile`` (slow first call per input size).
         self.compiled = compiled
         self._fused_cache: tuple[tuple, Callable[[Tensor], Tensor]] | None = None
+        #: Who computes the scores: "torch" (the reference, differentiable), "openvino" or
+        #: "onnxruntime" (CPU only, no gradients; see :mod:`qualiclip_metric.runtimes`).
+        self.backend = backend
+        if backend != "torch" and (fast or compiled):
+            raise ValueError("Arguments `fast` and `compiled` apply to the torch backend only")
+        #: Threads of a non-torch backend; None follows ``torch.get_num_threads()`` at each call.
+        self.threads = threads
+        self._runtime_cache: tuple[tuple, ExportedScorer] | None = None
         self._trainable = False
         self.eval()
         self.requires_grad_(False)
@@ -156,6 +178,24 @@ class QualiCLIP(nn.Module):
         if value not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {value!r}")
         self._precision = value
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: Backend) -> None:
+        self._backend = validate_backend(value)
+
+    @property
+    def threads(self) -> int | None:
+        return self._threads
+
+    @threads.setter
+    def threads(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"Argument `threads` must be a positive integer or None, but got {value!r}")
+        self._threads = value
 
     @property
     def pair_names(self) -> list[str]:
@@ -194,11 +234,13 @@ class QualiCLIP(nn.Module):
 
     def extra_repr(self) -> str:
         mode = ", compiled" if self.compiled else ", fast" if self.fast else ""
+        mode += f", backend={self.backend!r}" if self.backend != "torch" else ""
         return f"pairs={len(self.prompt_pairs)}, temperature={self.temperature}, precision={self.precision!r}{mode}"
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_fused_cache"] = None  # rebuilt on demand; a compiled trunk cannot be copied or pickled
+        state["_runtime_cache"] = None  # nor can a compiled OpenVINO or onnxruntime model
         return state
 
     # -- scoring -------------------------------------------------------------------------------
@@ -232,12 +274,42 @@ class QualiCLIP(nn.Module):
             self._fused_cache = (key, build_fused_trunk(self.visual, dtype, compiled=self.compiled))
         return self._fused_cache[1]
 
+    def _runtime(self, x: Tensor) -> ExportedScorer | None:
+        """The compiled scorer of a non-torch backend for ``x``, or None on the torch backend.
+
+        It is rebuilt (from the conversion cache) whenever the weights, prompts, temperature, score
+        scale, precision or thread count change.
+        """
+        if self.backend == "torch":
+            return None
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            raise RuntimeError(
+                f"the {self.backend} backend computes no gradients; use backend='torch' to differentiate the score"
+            )
+        if x.device.type != "cpu" or self.device.type != "cpu":
+            where = x.device if x.device.type != "cpu" else self.device
+            raise RuntimeError(f"the {self.backend} backend runs on the CPU, not on {where}; use backend='torch' there")
+        threads = self.threads or torch.get_num_threads()
+        tensors = (*self.state_dict(keep_vars=True).values(), self.mean, self.std)
+        key = (self.backend, self.precision, threads, self.temperature, self.score_logit_scale)
+        key += tuple(_identity(t) for t in tensors)
+        if self._runtime_cache is None or self._runtime_cache[0] != key:
+            from qualiclip_metric.runtimes import load_runtime
+
+            self._runtime_cache = None  # release the old one before compiling the new one
+            self._runtime_cache = (key, load_runtime(self, self.backend, self.precision, threads))
+        return self._runtime_cache[1]
+
     def image_features(self, images: Tensor, check_range: bool = True) -> Tensor:
         """L2-normalized, quality-aware 1024-d image embeddings, shape (N, 1024).
 
         ``check_range=False`` accepts values outside [0, 1] (network outputs that overshoot).
         """
         x = as_image_batch(images, check_range=check_range)
+        runtime = self._runtime(x)
+        return runtime(x)["features"] if runtime is not None else self._torch_features(x)
+
+    def _torch_features(self, x: Tensor) -> Tensor:
         x = (x.to(self.mean.dtype) - self.mean) / self.std
         fused = self._fused_trunk(x)
         if fused is not None:
@@ -263,16 +335,23 @@ class QualiCLIP(nn.Module):
         with torch.autocast(features.device.type, enabled=False):
             features = features if features.dtype == torch.float64 else features.float()
             prompts = self.prompts_features.to(device=features.device, dtype=features.dtype)
-            logits = (self.score_logit_scale / self.temperature) * features @ prompts.T
-            return logits.unflatten(-1, (len(self.prompt_pairs), 2)).softmax(dim=-1)[..., 0]
+            return antonym_probabilities(features, prompts, self.score_logit_scale / self.temperature)
 
     def pair_probabilities(self, images: Tensor, check_range: bool = True) -> Tensor:
         """(N, P) probability of the positive prompt of each pair; columns named by :attr:`pair_names`."""
-        return self.pair_probabilities_from_features(self.image_features(images, check_range))
+        x = as_image_batch(images, check_range=check_range)
+        runtime = self._runtime(x)
+        if runtime is not None:
+            return runtime(x)["probabilities"]
+        return self.pair_probabilities_from_features(self._torch_features(x))
 
     def forward(self, images: Tensor, check_range: bool = True) -> Tensor:
         """(N,) quality scores in [0, 1]; the mean positive probability over the antonym pairs."""
-        return self.pair_probabilities(images, check_range).mean(dim=-1)
+        x = as_image_batch(images, check_range=check_range)
+        runtime = self._runtime(x)
+        if runtime is not None:
+            return runtime(x)["scores"]
+        return self.pair_probabilities_from_features(self._torch_features(x)).mean(dim=-1)
 
     # -- weights -------------------------------------------------------------------------------
 
@@ -340,6 +419,8 @@ class QualiCLIP(nn.Module):
         precision: Precision = "fp32",
         fast: bool = False,
         compiled: bool = False,
+        backend: Backend = "torch",
+        threads: int | None = None,
     ) -> QualiCLIP:
         """Build the model from tensors already read from disk (see :mod:`qualiclip_metric.checkpoint`)."""
         config = checkpoint.config
@@ -350,6 +431,8 @@ class QualiCLIP(nn.Module):
                 precision=precision,
                 fast=fast,
                 compiled=compiled,
+                backend=backend,
+                threads=threads,
             )
         # Like ``to_empty``, but with plain ``torch.empty``: ``empty_like`` on meta tensors imports sympy (~1 s).
         model._apply(lambda tensor: torch.empty(tensor.shape, dtype=tensor.dtype))
@@ -379,6 +462,8 @@ class QualiCLIP(nn.Module):
         precision: Precision = "fp32",
         fast: bool = False,
         compiled: bool = False,
+        backend: Backend = "torch",
+        threads: int | None = None,
         device: str | torch.device | None = None,
         verify: Verify = True,
     ) -> QualiCLIP:
@@ -397,6 +482,10 @@ class QualiCLIP(nn.Module):
             temperature: softmax temperature; default the checkpoint's (1, or 2 for QualiCLIP+).
             precision: "fp32" (strict), "tf32", "bf16" or "fp16".
             fast: score through the inference-only trunk (see :attr:`fast`); ``compiled`` also compiles it.
+            backend: "torch" (the reference, differentiable), or "openvino" / "onnxruntime": the whole
+                score converted once (cached on disk) and run by that runtime on the CPU, without gradients.
+                :func:`qualiclip_metric.fastest_configuration` says which is fastest here.
+            threads: threads of a non-torch backend (default ``torch.get_num_threads()``).
             device: where to put the model.
             verify: check every file's sha256: ``True`` trusts a file verified before and unchanged since,
                 ``"always"`` hashes every time, ``False`` never does.
@@ -404,11 +493,16 @@ class QualiCLIP(nn.Module):
         Raises:
             WeightsNotFoundError: the weights cannot be had from here (the message lists what was tried).
             CheckpointError: a file is corrupt, differs from its recorded hash, or is not QualiCLIP.
+            ValueError: an option that cannot apply (a backend that is not installed, or cannot run
+                ``precision`` or ``device``).
 
         Examples:
             >>> model = QualiCLIP.from_pretrained("qualiclip+-spaq")  # doctest: +SKIP
+            >>> fast = QualiCLIP.from_pretrained(backend="openvino", precision="bf16")  # doctest: +SKIP
         """
         from qualiclip_metric.weights import load_checkpoint
+
+        check_backend(backend, precision, device)  # before any download
 
         checkpoint = load_checkpoint(
             source,
@@ -420,7 +514,14 @@ class QualiCLIP(nn.Module):
             prompt_learner=prompt_learner,
         )
         model = cls.from_checkpoint(
-            checkpoint, prompts=prompts, temperature=temperature, precision=precision, fast=fast, compiled=compiled
+            checkpoint,
+            prompts=prompts,
+            temperature=temperature,
+            precision=precision,
+            fast=fast,
+            compiled=compiled,
+            backend=backend,
+            threads=threads,
         )
         model.source = checkpoint.origin
         return model.to(device) if device is not None else model

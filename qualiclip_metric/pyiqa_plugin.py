@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from qualiclip_metric.config import PromptPair
 from qualiclip_metric.inputs import resize_longer_side, validate_max_size
 from qualiclip_metric.model import Precision, QualiCLIP
+from qualiclip_metric.runtimes import Backend
 
 ARCH_NAME = "QualiCLIPMetricArch"
 #: pyiqa's own QualiCLIP, under a name of its own (its QualiCLIP+ classes follow as ``<name>-pyiqa``).
@@ -56,7 +57,9 @@ class QualiCLIPMetricArch(nn.Module):
     ``logit_scale="checkpoint"`` multiplies similarities by exp(logit_scale) of the checkpoint, as
     pyiqa does; ``"fixed"`` uses the official 100. ``weights`` takes any source of
     :meth:`QualiCLIP.from_pretrained`, a registry name included; ``pretrained_model_path`` (pyiqa's
-    name) replaces it with a full checkpoint, or adds a QualiCLIP+ prompt learner to it.
+    name) replaces it with a full checkpoint, or adds a QualiCLIP+ prompt learner to it. ``backend``
+    and ``threads`` choose who computes the score (``create_metric("qualiclip", backend="openvino")``);
+    only the torch backend serves pyiqa's losses (``as_loss=True``).
     """
 
     def __init__(
@@ -72,6 +75,8 @@ class QualiCLIPMetricArch(nn.Module):
         prompts: Sequence[PromptPair] | None = None,
         max_size: int | None = None,
         fast: bool = False,
+        backend: Backend = "torch",
+        threads: int | None = None,
         pretrained: bool = True,
     ) -> None:
         super().__init__()
@@ -98,6 +103,8 @@ class QualiCLIPMetricArch(nn.Module):
             precision=precision,
             prompts=prompts,
             fast=fast,
+            backend=backend,
+            threads=threads,
         )
         if logit_scale == "checkpoint":
             self.model.score_logit_scale = float(self.model.logit_scale.exp())

@@ -16,6 +16,7 @@ from qualiclip_metric.frozen import FrozenNetworkMixin, build_network
 from qualiclip_metric.functional import qualiclip_score
 from qualiclip_metric.inputs import validate_data_range, validate_max_size
 from qualiclip_metric.model import Precision, QualiCLIP
+from qualiclip_metric.runtimes import Backend
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -31,6 +32,8 @@ class QualiCLIPScore(FrozenNetworkMixin, Metric):
         precision: compute precision of the model.
         prompts: antonym prompt pairs replacing the official seven (needs the text tower).
         fast: serve the updates that need no gradient from the inference-only trunk.
+        backend: "torch" (default, differentiable), "openvino" or "onnxruntime" (CPU, no gradients;
+            see :meth:`QualiCLIP.from_pretrained`).
         max_size: downscale images whose longer side is larger (antialiased, differentiable).
         kwargs: options of :class:`torchmetrics.Metric` (``sync_on_compute``, ``compute_on_cpu``, ...).
 
@@ -58,6 +61,7 @@ class QualiCLIPScore(FrozenNetworkMixin, Metric):
         prompts: Sequence[PromptPair] | None = None,
         fast: bool | None = None,
         max_size: int | None = None,
+        backend: Backend | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -67,7 +71,9 @@ class QualiCLIPScore(FrozenNetworkMixin, Metric):
         self.data_range = validate_data_range(data_range)
         self.max_size = validate_max_size(max_size)
         self._hold_network(
-            build_network(weights, temperature=temperature, precision=precision, prompts=prompts, fast=fast)
+            build_network(
+                weights, temperature=temperature, precision=precision, prompts=prompts, fast=fast, backend=backend
+            )
         )
         if reduction == "none":
             self.add_state("scores", default=[], dist_reduce_fx="cat")
