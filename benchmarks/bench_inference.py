@@ -10,6 +10,11 @@ Rows, all on the same checkpoint and the same images in one process:
 - ``pyiqa built-in``: ``pyiqa.create_metric`` of pyiqa's own QualiCLIP (temperature 2), batched;
   checked against our scores at temperature 2.
 - ``standard`` / ``fast`` / ``compiled``: ``QualiCLIP`` in each inference mode and precision.
+- ``openvino`` / ``onnxruntime``: ``QualiCLIP(backend=...)``, the whole score run by that runtime
+  (onnxruntime in fp32 only); the seconds of their first conversion and compilation are reported.
+
+FLOP counts are those of direct convolution: a backend that uses Winograd's algorithm (OpenVINO's
+fp32 3x3 convolutions) does fewer multiplications, so its "of ceiling" can pass 100%.
 
 Images are CLIVE photographs (``../shared/data``) resized to each size, or random images without
 them. A score mismatch above the tolerance of a row's mode invalidates its speed figure; the exit code
@@ -58,7 +63,10 @@ TOLERANCES = {
     ("fast", "fp32"): 5e-5,  # channels-last convolutions sum in another order
     ("compiled", "fp32"): 5e-5,
     ("pyiqa built-in", "fp32"): 1e-5,
+    ("openvino", "fp32"): 1e-5,
+    ("onnxruntime", "fp32"): 1e-5,
 }
+BACKEND_MODES = ("openvino", "onnxruntime")
 #: Reduced precisions: scores within this of fp32 (the fast-mode target).
 REDUCED_TOLERANCE = 2e-3
 Scorer = Callable[[torch.Tensor], torch.Tensor]
@@ -163,6 +171,8 @@ class Scorers:
     def __init__(self, args: argparse.Namespace, pth: Path, layout: Path, device: torch.device) -> None:
         self.args = args
         self.modes = list(args.modes) + (["compiled"] if args.compile else [])
+        if device.type != "cpu":  # the non-torch backends run on the CPU only
+            self.modes = [mode for mode in self.modes if mode not in BACKEND_MODES]
         self.official = pyiqa_model(pth, temperature=1.0).to(device)
         self.builtin = None
         if not args.no_pyiqa_builtin:
@@ -177,16 +187,34 @@ class Scorers:
                 layout, device=device, precision=precision, fast=mode == "fast", compiled=mode == "compiled"
             )
             for mode in self.modes
+            if mode not in BACKEND_MODES
             for precision in args.precisions
         }
+        #: Seconds of a backend's first use: conversion (unless cached) and compilation.
+        self.first_use_seconds: dict[str, float] = {}
+        for mode in self.modes:
+            for precision in self.precisions(mode) if mode in BACKEND_MODES else []:
+                model = QualiCLIP.from_pretrained(layout, precision=precision, backend=mode)
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    model(torch.rand(1, 3, 64, 64))
+                self.first_use_seconds[f"{mode} {precision}"] = time.perf_counter() - start
+                self.models[(mode, precision)] = model
         # pyiqa's defaults, to check its built-in metric: temperature 2 and the checkpoint's logit scale.
         self.pyiqa_defaults = QualiCLIP.from_pretrained(layout, device=device, temperature=2.0)
         self.pyiqa_defaults.score_logit_scale = float(self.pyiqa_defaults.logit_scale.exp())
 
+    def precisions(self, mode: str) -> list[str]:
+        if mode in BACKEND_MODES:
+            from qualiclip_metric.runtimes import backend_precisions
+
+            return [p for p in self.args.precisions if p in backend_precisions(mode)]
+        return list(self.args.precisions)
+
     def configs(self) -> list[tuple[str, str, int]]:
         """(implementation, precision, batch size) of every row of one image size."""
         configs = [("official loop", "fp32", 1)]
-        configs += [(m, p, b) for m in self.modes for p in self.args.precisions for b in self.args.batch_sizes]
+        configs += [(m, p, b) for m in self.modes for p in self.precisions(m) for b in self.args.batch_sizes]
         if self.builtin is not None:
             configs += [("pyiqa built-in", "fp32", b) for b in self.args.batch_sizes]
         return configs
@@ -230,7 +258,12 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=sorted(PRECISIONS))
-    parser.add_argument("--modes", nargs="+", default=["standard", "fast"], choices=["standard", "fast"])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["standard", "fast", "openvino", "onnxruntime"],
+        choices=["standard", "fast", *BACKEND_MODES],
+    )
     parser.add_argument("--compile", action="store_true", help="also measure the compiled mode (slow to build)")
     parser.add_argument("--no-pyiqa-builtin", action="store_true", help="skip pyiqa's create_metric rows")
     parser.add_argument("--output", type=Path, help="JSON results (default: results/inference_<device>.json)")
@@ -300,6 +333,7 @@ def main() -> int:
                         **extra,
                     }
                 )
+        scorers_first_use = scorers.first_use_seconds
         del scorers
         peaks = measure_memory_in_a_child(pth)
     for r in rows:
@@ -311,6 +345,8 @@ def main() -> int:
     print("\nceilings (GFLOP/s): " + ", ".join(f"{p} {c:.0f}" for p, c in ceilings.items()))
     if compile_seconds:
         print("compile seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in compile_seconds.items()))
+    if scorers_first_use:
+        print("backend first use (s): " + ", ".join(f"{k} {v:.1f}" for k, v in scorers_first_use.items()))
     print(f"all rows within tolerance: {'yes' if valid else 'NO: invalid rows are marked'}")
     result = {
         "benchmark": "inference",
@@ -320,6 +356,7 @@ def main() -> int:
         "rounds": args.rounds,
         "ceilings_gflop_per_s": ceilings,
         "compile_seconds": compile_seconds,
+        "backend_first_use_seconds": scorers_first_use,
         "tolerances": {"fp32": {" ".join(k): v for k, v in TOLERANCES.items()}, "reduced": REDUCED_TOLERANCE},
         "rows": rows,
         "valid": valid,

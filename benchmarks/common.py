@@ -28,7 +28,9 @@ def random_official_checkpoint(folder: Path) -> Path:
 
     Residual branches are switched on (open_clip zero-initialises their last BatchNorm scale) and the
     BatchNorm statistics are calibrated on smooth random images, so that folding BatchNorm and
-    reducing precision are exercised as with trained weights.
+    reducing precision are exercised as with trained weights. The attention pool's query projection
+    is scaled by 1e-3: unscaled, its attention logits reach 1e4 (a trained CLIP's stay in the tens),
+    which makes fp32 scores of some images depend on summation order by 1e-4 in any implementation.
     """
     import open_clip
 
@@ -40,6 +42,8 @@ def random_official_checkpoint(folder: Path) -> Path:
         for name, param in clip.visual.named_parameters():
             if name.endswith("bn3.weight"):
                 param.normal_(0.5, 0.1)
+            if name.startswith("attnpool.q_proj."):
+                param.mul_(1e-3)
         for module in clip.visual.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.reset_running_stats()

@@ -274,7 +274,20 @@ def _load_model(args: argparse.Namespace, prompts: list[list[str]] | None = None
     except (ValueError, RuntimeError) as err:  # RuntimeError: a device name torch does not know
         print(f"qualiclip: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if options["backend"] != "torch" and not args.quiet:
+        _report_conversions()
     return _load_weights(args, prompts=prompts, device=device, **options)
+
+
+def _report_conversions() -> None:
+    """Say on stderr when a backend converts the model (seconds, once per model and version)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("qualiclip: %(message)s (once; later runs use the cache)"))
+    logger = logging.getLogger("qualiclip_metric.export")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _inference_options(args: argparse.Namespace, device: Any) -> dict[str, Any]:
@@ -695,14 +708,14 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def _backend_versions() -> list[str]:
-    import importlib.metadata
+    import torch
 
-    from qualiclip_metric.runtimes import REQUIREMENTS, is_installed
+    from qualiclip_metric.runtimes import REQUIREMENTS, is_installed, runtime_versions
 
-    found = [f"torch {importlib.metadata.version('torch')}"]
+    found = [f"torch {torch.__version__}"]
     for backend, (modules, extra) in REQUIREMENTS.items():
         if is_installed(backend):
-            found.append(f"{backend} {importlib.metadata.version(modules[0])}")
+            found.append(f"{backend} {runtime_versions(backend)[modules[0]]}")
         else:
             found.append(f"{backend} not installed ([{extra}] extra)")
     return found

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qualiclip_metric.errors import CheckpointError
 from qualiclip_metric.inputs import MIN_IMAGE_SIDE
-from qualiclip_metric.integrity import tensors_sha256
+from qualiclip_metric.integrity import Verify, sha256_file, tensors_sha256, verify_sha256
 
 if TYPE_CHECKING:
     from qualiclip_metric.model import QualiCLIP
@@ -133,10 +134,11 @@ def export_scorer(
     graph = ScorerGraph(model, count, dtype).eval()
     names = OUTPUT_NAMES[:count]
     with staged_folder(directory) as staging:
-        _log.info("converting the QualiCLIP scorer to %s (%s)", format, precision)
+        _log.info("converting the QualiCLIP scorer to %s (%s) in %s", format, precision, Path(directory).name)
         converter = _convert_onnx if format == "onnx" else _convert_openvino
         versions = converter(graph, staging, names, precision)
         description = _description(model, format, precision, names, versions)
+        description["files"] = {name: sha256_file(staging / name) for name in MODEL_FILES[format]}
         (staging / DESCRIPTION_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
     return Path(directory)
 
@@ -203,7 +205,6 @@ def _description(
     description: dict[str, Any] = {
         "layout_version": LAYOUT_VERSION,
         "format": format,
-        "files": list(MODEL_FILES[format]),
         "precision": precision,
         "inputs": [
             {
@@ -233,20 +234,25 @@ def _description(
     return description
 
 
-def read_description(directory: str | os.PathLike) -> dict[str, Any]:
-    """The ``qualiclip.json`` of an export folder, checked for the files it names.
+def read_description(directory: str | os.PathLike, verify: Verify = True) -> dict[str, Any]:
+    """The ``qualiclip.json`` of an export folder, its model files checked against their sha256.
+
+    ``verify`` is as for weights: ``True`` trusts a file hashed before and unchanged since.
 
     Raises:
-        ValueError: not an export folder, or its files are missing.
+        CheckpointError: not an export folder this version reads, or a model file missing or changed.
     """
     directory = Path(directory)
     try:
         description = json.loads((directory / DESCRIPTION_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ValueError(f"{directory}: not a QualiCLIP export folder ({err})") from err
-    if description.get("format") not in FORMATS or description.get("layout_version") != LAYOUT_VERSION:
-        raise ValueError(f"{directory}: {DESCRIPTION_FILE} describes no export this version reads")
-    missing = [name for name in description.get("files", []) if not (directory / name).is_file()]
-    if missing:
-        raise ValueError(f"{directory}: missing {', '.join(missing)}")
+        raise CheckpointError(f"{directory}: not a QualiCLIP export folder ({err})") from err
+    files = description.get("files")
+    format = description.get("format")
+    if format not in FORMATS or description.get("layout_version") != LAYOUT_VERSION or not isinstance(files, dict):
+        raise CheckpointError(f"{directory}: {DESCRIPTION_FILE} describes no export this version reads")
+    for name in MODEL_FILES[format]:
+        if name not in files or not (directory / name).is_file():
+            raise CheckpointError(f"{directory}: {name} is missing")
+        verify_sha256(directory / name, files[name], verify=verify)
     return description

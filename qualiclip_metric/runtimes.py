@@ -13,11 +13,12 @@ A backend converts the model once per weights and runtime version into an fp32 e
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
+import importlib
 import importlib.util
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
+from qualiclip_metric.errors import CheckpointError
 from qualiclip_metric.export import (
     LAYOUT_VERSION,
     MODEL_FILES,
@@ -100,24 +102,28 @@ def check_backend(backend: str, precision: str, device: torch.device | str | Non
         return
     if device is not None and torch.device(device).type != "cpu":
         raise ValueError(f"backend {backend!r} runs on the CPU, not on {device}; use backend='torch' there")
-    available = backend_precisions(backend)
-    if precision not in available:
-        why = {
-            "onnxruntime": "onnxruntime's CPU kernels run fp32 only; use backend='openvino' for bf16",
-            "openvino": "this CPU has no native support for it in OpenVINO (bf16 needs AVX512_BF16 or AMX)",
-        }[backend]
+    if precision not in backend_precisions(backend):
+        if precision == "tf32":
+            why = "TF32 is a CUDA setting; use fp32"
+        elif backend == "onnxruntime":
+            why = "onnxruntime's CPU kernels run fp32 only; use backend='openvino' for bf16"
+        else:
+            why = f"this CPU has no native {precision} for OpenVINO (bf16 needs AVX512_BF16 or AMX, fp16 AMX-FP16)"
         raise ValueError(f"backend {backend!r} cannot run precision {precision!r} here: {why}")
 
 
 def runtime_versions(backend: str) -> dict[str, str]:
-    """Versions of everything that shapes a conversion for ``backend``: part of its cache key."""
+    """Versions of everything that shapes a conversion for ``backend``: part of its cache key.
+
+    Read from the modules themselves: onnxruntime's distribution may be onnxruntime-gpu or another.
+    """
     from qualiclip_metric import __version__
 
     modules, _ = REQUIREMENTS[backend]
     return {
         "torch": torch.__version__,
         "qualiclip-metric": __version__,
-        **{name: importlib.metadata.version(name) for name in modules},
+        **{name: importlib.import_module(name).__version__ for name in modules},
     }
 
 
@@ -199,16 +205,13 @@ def cached_export(model: QualiCLIP, backend: str, precision: str = "fp32") -> Pa
     from qualiclip_metric.integrity import package_cache_dir
 
     folder = package_cache_dir("runtimes", format) / f"{precision}-{key}"
-    try:
-        read_description(folder)
-        return folder
-    except ValueError:
-        pass
-    if folder.exists():  # an interrupted or damaged entry of this cache: convert it again
-        _log.warning("replacing the damaged conversion cache entry %s", folder)
-        import shutil
-
-        shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():
+        try:
+            read_description(folder)
+            return folder
+        except CheckpointError as err:  # a damaged entry of this cache: convert it again
+            _log.warning("converting again: %s", err)
+            shutil.rmtree(folder, ignore_errors=True)
     try:
         export_scorer(model, folder, format, precision=precision, outputs=3)
     except FileExistsError:  # another process converted the same model meanwhile
@@ -262,7 +265,8 @@ def fastest_configuration(
         return Configuration("torch", chosen, True, f"{device}: the fused torch trunk in {chosen}")
     amx = has_amx_bf16()
     if backend is None:
-        backend = "openvino" if is_installed("openvino") else "torch"
+        usable = is_installed("openvino") and (precision is None or precision in backend_precisions("openvino"))
+        backend = "openvino" if usable else "torch"
     check_backend(backend, precision or "fp32")
     if precision is None:
         precision = "bf16" if amx and "bf16" in backend_precisions(backend) else "fp32"

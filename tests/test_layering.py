@@ -34,6 +34,10 @@ def imported_names(path: Path) -> set[str]:
     return found
 
 
+def is_private(part: str) -> bool:
+    return part.startswith("_") and not part.endswith("__")
+
+
 CORE = sorted(path for path in PACKAGE.glob("*.py") if path.stem not in OUTER | {"__init__"})
 
 
@@ -60,7 +64,6 @@ def test_training_and_hub_use_the_public_api(folder: str):
     """No private names and no CLI internals: what they use, a user can use."""
     for path in (ROOT / folder).rglob("*.py"):
         names = imported_names(path)
-        parts = {name: name.split(".")[1:] for name in names}
-        private = {name for name, part in parts.items() if any(p.startswith("_") and not p.endswith("__") for p in part)}
+        private = {name for name in names if any(is_private(part) for part in name.split(".")[1:])}
         assert not private, f"{path.relative_to(ROOT)} imports private names {sorted(private)}"
         assert not {name for name in imported_modules(path) if name.startswith("qualiclip_metric.cli")}, path

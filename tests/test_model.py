@@ -132,7 +132,8 @@ def test_loading_and_scoring_import_no_heavy_packages(official_pth):
         "from qualiclip_metric import QualiCLIP\n"
         f"model = QualiCLIP.from_pretrained({str(official_pth)!r})\n"
         "model(torch.rand(1, 3, 64, 64))\n"
-        "print(sorted({name.split('.')[0] for name in sys.modules} & {'open_clip', 'sympy', 'pyiqa', 'matplotlib', 'openvino', 'onnxruntime', 'onnx', 'onnxscript'}))\n"
+        "heavy = {'open_clip', 'sympy', 'pyiqa', 'matplotlib', 'openvino', 'onnxruntime', 'onnx', 'onnxscript'}\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & heavy))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
