@@ -48,7 +48,7 @@ from common import pyiqa_downloads_from
 from pathlib import Path
 import pyiqa
 with pyiqa_downloads_from(Path(sys.argv[1])):
-    metric = pyiqa.create_metric("qualiclip", device="cpu")
+    metric = pyiqa.create_metric("qualiclip-pyiqa", device="cpu")  # pyiqa's own class (common registers it)
 print(float(metric(sys.argv[2]).flatten()[0]), time.time())
 """
 
