@@ -12,6 +12,7 @@ A backend converts the model once per weights and runtime version into an fp32 e
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -35,6 +36,7 @@ from qualiclip_metric.export import (
     read_description,
     weights_sha256,
 )
+from qualiclip_metric.integrity import Verify
 from qualiclip_metric.machine import has_amx_bf16
 
 if TYPE_CHECKING:
@@ -72,6 +74,7 @@ def is_installed(backend: str) -> bool:
     return True
 
 
+@functools.cache
 def openvino_capabilities() -> frozenset[str]:
     """What OpenVINO's CPU plugin can do here ("FP32", "BF16", "FP16", "WINOGRAD", ...)."""
     import openvino as ov
@@ -136,9 +139,15 @@ class ExportedScorer:
         precision: OpenVINO's inference precision (default the export's own).
     """
 
-    def __init__(self, directory: str | os.PathLike, threads: int | None = None, precision: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        threads: int | None = None,
+        precision: str | None = None,
+        verify: Verify = True,
+    ) -> None:
         self.directory = Path(directory)
-        self.description = read_description(self.directory)
+        self.description = read_description(self.directory, verify=verify)
         self.output_names = [output["name"] for output in self.description["outputs"]]
         threads = threads or torch.get_num_threads()
         model_file = str(self.directory / MODEL_FILES[self.description["format"]][0])
@@ -223,7 +232,8 @@ def load_runtime(model: QualiCLIP, backend: str, precision: str, threads: int | 
     """A compiled scorer of ``model`` for ``backend``, from the conversion cache."""
     check_backend(backend, precision)
     # One fp32 conversion serves every precision: OpenVINO's is a compile-time hint (onnxruntime runs fp32).
-    return ExportedScorer(cached_export(model, backend), threads=threads, precision=precision)
+    folder = cached_export(model, backend)  # verified (or written) just now
+    return ExportedScorer(folder, threads=threads, precision=precision, verify=False)
 
 
 @dataclass(frozen=True)
@@ -267,7 +277,7 @@ def fastest_configuration(
     if backend is None:
         usable = is_installed("openvino") and (precision is None or precision in backend_precisions("openvino"))
         backend = "openvino" if usable else "torch"
-    check_backend(backend, precision or "fp32")
+    validate_backend(backend)
     if precision is None:
         precision = "bf16" if amx and "bf16" in backend_precisions(backend) else "fp32"
     check_backend(backend, precision)
