@@ -8,7 +8,6 @@ with their error); 2 invalid arguments, no input images, or an output that canno
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import re
 import sys
@@ -166,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the splits and the bootstrap (default 0)")
     evaluate.add_argument(
         "--bootstrap", type=_integer_at_least(0), default=1000, help="bootstrap resamples; 0 disables (default 1000)"
+    )
+    evaluate.add_argument(
+        "--split-files",
+        type=Path,
+        help="folder with ARNIQA's train.npy and test.npy: use its splits instead of random ones",
     )
     evaluate.add_argument("--plot", type=Path, help="save a scatter plot with the fitted logistic (needs matplotlib)")
     evaluate.add_argument("--output", "-o", type=Path, help="write the full report as JSON")
@@ -404,7 +408,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from qualiclip_metric.datasets import read_csv_dataset
-    from qualiclip_metric.evaluation import check_scores
+    from qualiclip_metric.evaluation import Protocol, check_scores, evaluate_predictions, read_predictions, report_table
     from qualiclip_metric.score_writer import check_writable, write_json_atomically
 
     try:
@@ -418,35 +422,35 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 raise ValueError('--plot needs matplotlib: pip install "qualiclip-metric[plot]"')
         dataset = read_csv_dataset(args.images, args.scores, name=args.name)
         check_scores(dataset.scores, f"{args.scores}: the subjective scores")
+        protocol = Protocol(
+            splits=args.splits,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            bootstrap=args.bootstrap,
+            split_files=args.split_files,
+        )
+        if args.predictions is not None:
+            predictions, errors = read_predictions(args.predictions, dataset)
+            source = f"predictions {args.predictions}"
     except (OSError, ValueError) as err:
         print(f"qualiclip: {err}", file=sys.stderr)
         return EXIT_USAGE
-    if args.predictions is not None:
-        try:
-            rows, failed = _read_predictions(args.predictions, dataset)
-        except (OSError, ValueError) as err:
-            print(f"qualiclip: {err}", file=sys.stderr)
-            return EXIT_USAGE
-        source = f"predictions {args.predictions}"
-    else:
+    if args.predictions is None:
         model = _load_model(args)
         if isinstance(model, int):
             return model
-        rows, failed = _score_dataset(args, model, dataset)
+        predictions, errors = _score_dataset(args, model, dataset)
         source = model.source
-    if len(rows) < 3:
-        print(f"qualiclip: only {len(rows)} images could be scored; need at least 3", file=sys.stderr)
+    scored = int(np.isfinite(predictions).sum())
+    if scored < 3:
+        print(f"qualiclip: only {scored} images could be scored; need at least 3", file=sys.stderr)
         return EXIT_SOME_FAILED
-    groups = None
-    if dataset.groups is not None:
-        by_path = dict(zip(map(str, dataset.paths), dataset.groups, strict=True))
-        groups = [by_path[row["path"]] for row in rows]
     try:
-        report = _evaluation_report(args, dataset, source, rows, failed, groups)
-    except ValueError as err:  # e.g. a split whose test part has fewer than 3 images
+        report = {"weights": source, **evaluate_predictions(dataset, predictions, protocol, errors=errors)}
+    except (OSError, ValueError) as err:  # e.g. a split whose test part has fewer than 3 images
         print(f"qualiclip: cannot evaluate: {err}", file=sys.stderr)
         return EXIT_USAGE
-    _print_evaluation(report)
+    print(report_table(report))
     try:
         if args.output:
             write_json_atomically(args.output, report)
@@ -454,8 +458,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             from qualiclip_metric.plotting import scatter_with_logistic
 
             scatter_with_logistic(
-                np.array([row["score"] for row in rows]),
-                np.array([row["mos"] for row in rows]),
+                np.array([row["score"] for row in report["scores"]]),
+                np.array([row["mos"] for row in report["scores"]]),
                 args.plot,
                 title=f"{dataset.name}: SRCC {report['all_images']['srcc']:.3f}",
                 target_higher_is_better=dataset.higher_is_better,
@@ -463,104 +467,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"qualiclip: {err}", file=sys.stderr)
         return EXIT_USAGE
-    for row in failed:
+    for row in report["failed"]:
         print(f"qualiclip: failed: {row['error']}", file=sys.stderr)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    return EXIT_SOME_FAILED if report["failed"] else EXIT_OK
 
 
-def _evaluation_report(
-    args: argparse.Namespace, dataset: Any, source: str, rows: list[dict], failed: list[dict], groups: Any
-) -> dict[str, Any]:
+def _score_dataset(args: argparse.Namespace, model: Any, dataset: Any) -> tuple[Any, dict[int, str]]:
+    """The model's score of each image of ``dataset`` (NaN where it failed) and the errors by row."""
     import numpy as np
-
-    from qualiclip_metric.evaluation import bootstrap_intervals, correlations, split_protocol
-
-    predicted = np.array([row["score"] for row in rows])
-    target = np.array([row["mos"] for row in rows])
-    orientation = {"target_higher_is_better": dataset.higher_is_better}
-    report = {
-        "dataset": dataset.name,
-        "images": len(rows),
-        "scores_higher_is_better": dataset.higher_is_better,
-        "weights": source,
-        "all_images": correlations(predicted, target, **orientation),
-        "splits": split_protocol(
-            predicted,
-            target,
-            splits=args.splits,
-            test_fraction=args.test_fraction,
-            seed=args.seed,
-            groups=groups,
-            **orientation,
-        ),
-        "failed": failed,
-        "scores": rows,
-    }
-    if args.bootstrap:
-        report["bootstrap_95"] = bootstrap_intervals(
-            predicted, target, samples=args.bootstrap, seed=args.seed, **orientation
-        )
-    return report
-
-
-def _score_dataset(args: argparse.Namespace, model: Any, dataset: Any) -> tuple[list[dict], list[dict]]:
-    """Rows ``{path, score, mos}`` of the images scored and ``{..., error}`` of those that failed."""
     from tqdm import tqdm
 
     progress = tqdm(total=len(dataset), unit="img", file=sys.stderr, disable=True if args.quiet else None)
-    rows, failed = [], []
-    for result, target in zip(_score_paths(args, model, dataset.paths), dataset.scores, strict=True):
+    predictions, errors = np.full(len(dataset), np.nan), {}
+    for row, result in enumerate(_score_paths(args, model, dataset.paths)):
         progress.update()
-        row = {"path": result.path, "score": result.score, "mos": float(target)}
-        (rows if result.ok else failed).append(row if result.ok else {**row, "error": result.error})
-    progress.close()
-    return rows, failed
-
-
-def _read_predictions(path: Path, dataset: Any) -> tuple[list[dict], list[dict]]:
-    """Match a ``path,score[,error]`` CSV to the dataset's images, by full path or else by file name."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"path", "score"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: needs the columns path and score (as `qualiclip score` writes them)")
-        entries = list(reader)
-    by_path = {str(Path(entry["path"])): entry for entry in entries}
-    by_name: dict[str, list[dict]] = {}
-    for entry in entries:
-        by_name.setdefault(Path(entry["path"]).name, []).append(entry)
-    rows, failed = [], []
-    for image, target in zip(dataset.paths, dataset.scores, strict=True):
-        entry = by_path.get(str(image))
-        if entry is None and len(by_name.get(image.name, [])) == 1:
-            entry = by_name[image.name][0]
-        row = {"path": str(image), "score": None, "mos": float(target)}
-        if entry is None:
-            failed.append({**row, "error": f"no prediction in {path}"})
-        elif entry.get("error") or not entry["score"]:
-            failed.append({**row, "error": entry.get("error") or "empty score"})
+        if result.ok:
+            predictions[row] = result.score
         else:
-            try:
-                score = float(entry["score"])
-            except ValueError:
-                score = math.nan
-            if math.isfinite(score):
-                rows.append({**row, "score": score})
-            else:
-                failed.append({**row, "error": f"score {entry['score']!r} is not a finite number"})
-    return rows, failed
-
-
-def _print_evaluation(report: dict[str, Any]) -> None:
-    splits = report["splits"]
-    intervals = report.get("bootstrap_95", {})
-    print(
-        f"{report['dataset']}: {report['images']} images" + (" (DMOS)" if not report["scores_higher_is_better"] else "")
-    )
-    header = f"split median ({splits['splits']} x {splits['test_fraction']:g})"
-    print(f"{'metric':<15} {'all images':>11} {'95% bootstrap':>17} {header:>26}")
-    for name, value in report["all_images"].items():
-        interval = f"[{intervals[name][0]:.3f}, {intervals[name][1]:.3f}]" if name in intervals else ""
-        print(f"{name:<15} {value:>11.4f} {interval:>17} {splits['median'][name]:>26.4f}")
+            errors[row] = result.error
+    progress.close()
+    return predictions, errors
 
 
 def _folder_name(source: str) -> str:

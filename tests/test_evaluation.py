@@ -14,14 +14,17 @@ from PIL import Image
 from scipy import stats
 from scipy.io import savemat
 
-from qualiclip_metric.datasets import read_clive_mat, read_csv_dataset
+from qualiclip_metric.datasets import IQADataset, read_clive_mat, read_csv_dataset
 from qualiclip_metric.evaluation import (
+    Protocol,
     bootstrap_intervals,
     correlations,
+    dataset_splits,
+    evaluate_predictions,
+    evaluate_regression,
     fit_logistic,
     logistic4,
     random_splits,
-    split_protocol,
 )
 
 RNG = np.random.default_rng(7)
@@ -61,16 +64,111 @@ def test_bootstrap_interval_contains_the_estimate_and_is_reproducible():
     assert bootstrap_intervals(PREDICTED, TARGET, samples=300, seed=3) == intervals
 
 
+def in_memory_dataset(scores, groups=None, higher_is_better=True) -> IQADataset:
+    paths = [Path(f"/data/{i}.png") for i in range(len(scores))]
+    return IQADataset("toy", paths, np.asarray(scores, dtype=np.float64), higher_is_better, groups)
+
+
 def test_random_splits_and_the_median_protocol():
     splits = random_splits(60, splits=10, test_fraction=0.2, seed=1)
     assert len(splits) == 10 and all(len(index) == 12 for index in splits)
     assert all(np.array_equal(a, b) for a, b in zip(splits, random_splits(60, seed=1), strict=True))
     groups = [f"ref{i // 6}" for i in range(60)]
-    for index in random_splits(60, groups=groups, seed=2):
-        test_groups = {groups[i] for i in index}
-        assert all((groups[i] in test_groups) == (i in set(index)) for i in range(60))  # no content on both sides
-    result = split_protocol(PREDICTED, TARGET, seed=1)
-    assert result["median"]["srcc"] == pytest.approx(np.median([s["srcc"] for s in result["per_split"]]))
+    for split in dataset_splits(in_memory_dataset(TARGET, groups), Protocol(seed=2)):
+        assert {groups[i] for i in split.train}.isdisjoint({groups[i] for i in split.test})  # no content on both sides
+        assert np.array_equal(np.sort(np.concatenate([split.train, split.test])), np.arange(60))
+    report = evaluate_predictions(in_memory_dataset(TARGET), PREDICTED, Protocol(seed=1, bootstrap=0))
+    per_split = report["splits"]["per_split"]
+    assert report["splits"]["median"]["srcc"] == pytest.approx(np.median([s["srcc"] for s in per_split]))
+    expected = [stats.spearmanr(PREDICTED[test], TARGET[test]).statistic for test in random_splits(60, seed=1)]
+    assert [s["srcc"] for s in per_split] == pytest.approx(expected, abs=1e-12)
+    assert report["all_images"]["srcc"] == pytest.approx(stats.spearmanr(PREDICTED, TARGET).statistic, abs=1e-12)
+
+
+def test_unscored_images_leave_the_splits_of_the_others_unchanged():
+    dataset = in_memory_dataset(TARGET)
+    predicted = PREDICTED.copy()
+    predicted[[3, 17]] = np.nan
+    report = evaluate_predictions(dataset, predicted, Protocol(seed=1, bootstrap=0))
+    assert report["scored"] == 58 and [row["error"] for row in report["failed"]] == ["not scored"] * 2
+    for record, test in zip(report["splits"]["per_split"], random_splits(60, seed=1), strict=True):
+        kept = test[~np.isin(test, [3, 17])]
+        assert record["test"] == kept.size
+        assert record["srcc"] == pytest.approx(stats.spearmanr(PREDICTED[kept], TARGET[kept]).statistic, abs=1e-12)
+
+
+def test_dmos_datasets_are_oriented_in_the_report():
+    mos = evaluate_predictions(in_memory_dataset(TARGET), PREDICTED, Protocol(bootstrap=0))
+    dmos = evaluate_predictions(in_memory_dataset(-TARGET, higher_is_better=False), PREDICTED, Protocol(bootstrap=0))
+    assert mos["all_images"]["srcc"] > 0.5
+    assert dmos["all_images"]["srcc"] == pytest.approx(mos["all_images"]["srcc"], abs=1e-12)
+    assert dmos["splits"]["median"]["srcc"] == pytest.approx(mos["splits"]["median"]["srcc"], abs=1e-12)
+
+
+class NearestNeighbour:
+    """The score of the closest training image: a regressor that can only recall what it has seen."""
+
+    def __init__(self, features, target):
+        self.features, self.target = features, target
+
+    def predict(self, features):
+        distances = ((features[:, None, :] - self.features[None, :, :]) ** 2).sum(-1)
+        return self.target[distances.argmin(1)]
+
+
+def test_content_leaks_through_splits_that_ignore_the_reference_images():
+    # 40 contents x 6 distortions; the features and the scores depend on the content alone, so whatever a
+    # regressor gets right on unseen contents is luck, and on seen contents it is memory.
+    rng = np.random.default_rng(0)
+    contents, per_content = 40, 6
+    embedding, quality = rng.normal(size=(contents, 16)), rng.normal(size=contents)
+    content = np.repeat(np.arange(contents), per_content)
+    features = embedding[content] + 0.01 * rng.normal(size=(content.size, 16))
+    scores = quality[content] + 0.01 * rng.normal(size=content.size)
+
+    def fit(x, y, groups):
+        return NearestNeighbour(x, y)
+
+    leaky = evaluate_regression(in_memory_dataset(scores), features, fit, Protocol(bootstrap=0))
+    groups = [f"ref{c}" for c in content]
+    grouped = evaluate_regression(in_memory_dataset(scores, groups), features, fit, Protocol(bootstrap=0))
+    assert leaky["splits"]["median"]["srcc"] > 0.95 and not leaky["protocol"]["by_content"]
+    assert abs(grouped["splits"]["median"]["srcc"]) < 0.3 and grouped["protocol"]["by_content"]
+
+
+def test_arniqa_split_files(tmp_path):
+    train = np.array([[0, 1, 2, 3, 4, 5, -1], [6, 7, 8, 9, 0, 1, 2]])
+    test = np.array([[6, 7, 8, 9], [3, 4, 5, -1]])
+    np.save(tmp_path / "train.npy", train)
+    np.save(tmp_path / "test.npy", test)
+    dataset = in_memory_dataset(TARGET[:10])
+    splits = dataset_splits(dataset, Protocol(split_files=tmp_path))
+    assert [s.train.tolist() for s in splits] == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 6, 7, 8, 9]]
+    assert [s.test.tolist() for s in splits] == [[6, 7, 8, 9], [3, 4, 5]]
+    report = evaluate_predictions(dataset, PREDICTED[:10], Protocol(split_files=tmp_path, bootstrap=0))
+    assert report["protocol"]["source"] == "split files" and [r["test"] for r in report["splits"]["per_split"]] == [
+        4,
+        3,
+    ]
+    np.save(tmp_path / "test.npy", np.array([[6, 7, 8, 10], [3, 4, 5, -1]]))
+    with pytest.raises(ValueError, match="indices must be in 0..9"):
+        dataset_splits(dataset, Protocol(split_files=tmp_path))
+    np.save(tmp_path / "test.npy", np.array([[5, 7, 8, 9], [3, 4, 5, -1]]))
+    with pytest.raises(ValueError, match="split 0 has images in both"):
+        dataset_splits(dataset, Protocol(split_files=tmp_path))
+    with pytest.raises(FileNotFoundError, match="no train.npy"):
+        dataset_splits(dataset, Protocol(split_files=tmp_path / "elsewhere"))
+
+
+def test_protocol_arguments_are_checked():
+    for arguments, message in [
+        ({"splits": 0}, "Argument `splits` must be a positive integer"),
+        ({"test_fraction": 0.0}, "Argument `test_fraction` must be in"),
+        ({"bootstrap": -1}, "Argument `bootstrap` must be a non-negative integer"),
+        ({"confidence": 1.0}, "Argument `confidence` must be in"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Protocol(**arguments)
 
 
 def test_metric_input_errors():
@@ -187,9 +285,9 @@ def test_evaluate_command_writes_report_and_plot(official_pth, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "srcc" in result.stdout and "split median (3 x 0.5)" in result.stdout
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["images"] == 8 and len(report["scores"]) == 8 and report["failed"] == []
+    assert report["images"] == report["scored"] == 8 and len(report["scores"]) == 8 and report["failed"] == []
     assert set(report["all_images"]) == {"srcc", "krcc", "plcc", "plcc_logistic", "rmse_logistic"}
-    assert len(report["splits"]["per_split"]) == 3 and set(report["bootstrap_95"]) == {"srcc", "krcc", "plcc"}
+    assert len(report["splits"]["per_split"]) == 3 and set(report["bootstrap"]["intervals"]) == {"srcc", "krcc", "plcc"}
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -212,7 +310,7 @@ def test_evaluate_command_reads_predictions_of_another_scorer(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 1, result.stderr  # some images have no usable score
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["images"] == 8 and report["weights"] == f"predictions {predictions}"
+    assert report["images"] == 10 and report["scored"] == 8 and report["weights"] == f"predictions {predictions}"
     errors = sorted(row["error"] for row in report["failed"])
     assert errors == ["cannot identify image file", f"no prediction in {predictions}"]
     # SRCC of 0..7 against itself with one adjacent swap: 1 - 6 * 2 / (8 * 63).

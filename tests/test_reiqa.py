@@ -18,7 +18,7 @@ from PIL import Image
 from training.engine import load_training_state
 from training.reiqa.data import ChunkConfig, ChunkDataset, collate_chunks
 from training.reiqa.model import CheckpointError, MoCoConfig, QualityMoCo, info_nce, load_trunk
-from training.reiqa.regressor import RidgeRegressor, _ridge_solutions, split_evaluation
+from training.reiqa.regressor import RidgeRegressor, split_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 PRISTINE = ROOT / "tests" / "data" / "pristine"
@@ -232,16 +232,31 @@ def test_ridge_recovers_a_known_linear_map():
     np.testing.assert_allclose(model.predict(features[200:]), target[200:], atol=5e-2)
     assert model.alpha == min(model.alphas)  # noise-free data wants the least regularisation
     result = split_evaluation(features, target, splits=3)
-    assert result["median"]["srcc"] > 0.999 and len(result["per_split"]) == 3
+    assert result["splits"]["median"]["srcc"] > 0.999 and len(result["splits"]["per_split"]) == 3
 
 
-@pytest.mark.parametrize("shape", [(30, 50), (60, 5)])  # the dual (N < D) and the primal path
-def test_ridge_solutions_match_the_normal_equations(shape):
+def test_ridge_matches_the_normal_equations_on_standardised_features():
     rng = np.random.default_rng(2)
-    x, y, alphas = rng.normal(size=shape), rng.normal(size=shape[0]), np.array([0.1, 10.0])
-    solutions = _ridge_solutions(x, y, alphas)
-    for alpha, solution in zip(alphas, solutions, strict=True):
-        np.testing.assert_allclose(solution, np.linalg.solve(x.T @ x + alpha * np.eye(shape[1]), x.T @ y), atol=1e-10)
+    x, y = rng.normal(size=(40, 60)) * rng.uniform(0.5, 5, size=60), rng.normal(size=40)
+    model = RidgeRegressor(alphas=(10.0,)).fit(x, y)
+    standard = (x - x.mean(0)) / x.std(0)
+    expected = np.linalg.solve(standard.T @ standard + 10.0 * np.eye(60), standard.T @ (y - y.mean()))
+    np.testing.assert_allclose(model.weights, expected, atol=1e-8)
+    assert model.intercept == pytest.approx(y.mean())
+
+
+def test_content_only_features_leak_unless_splits_follow_the_contents():
+    # 40 reference contents x 6 distortions; features and scores depend on the content alone. A regressor
+    # can only recall contents it was fitted on, so leaky splits look excellent and grouped ones show chance.
+    rng = np.random.default_rng(0)
+    content = np.repeat(np.arange(40), 6)
+    features = rng.normal(size=(40, 64))[content] + 0.05 * rng.normal(size=(content.size, 64))
+    scores = rng.normal(size=40)[content] + 0.01 * rng.normal(size=content.size)
+    leaky = split_evaluation(features, scores, splits=5)
+    grouped = split_evaluation(features, scores, splits=5, groups=[f"ref{c}" for c in content])
+    assert leaky["splits"]["median"]["srcc"] > 0.9
+    assert abs(grouped["splits"]["median"]["srcc"]) < 0.35 and grouped["protocol"]["by_content"]
+    assert all(row["alpha"] in RidgeRegressor().alphas for row in grouped["splits"]["per_split"])
 
 
 def test_ridge_regularises_more_when_features_are_noise():
@@ -297,8 +312,8 @@ def test_evaluate_and_score_commands(smoke_run, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "eval.json").read_text())
-    assert report["feature_dim"] == 4 * 512 and report["scored"] == 20 and len(report["per_split"]) == 10
-    assert set(report["median"]) >= {"srcc", "plcc"}
+    assert report["feature_dim"] == 4 * 512 and report["scored"] == 20 and len(report["splits"]["per_split"]) == 10
+    assert set(report["splits"]["median"]) >= {"srcc", "plcc"}
 
     (images / "broken.png").write_bytes(b"not an image at all")
     score = run_module(

@@ -1,6 +1,6 @@
 """MOS data for QualiCLIP+: one split of the evaluation protocol, and MOS scaled to the score's [0, 1].
 
-The split is :func:`qualiclip_metric.evaluation.random_splits`, the one every evaluation in the project
+The split is :func:`qualiclip_metric.evaluation.dataset_splits`, the one every evaluation in the project
 uses, so a trained run's test part is the test part of that split in ``qualiclip evaluate``'s protocol.
 Training items are random crops built from ``(epoch, index)`` alone (RankIQA's MOS dataset), so resume
 is exact.
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from qualiclip_metric.datasets import IQADataset, read_csv_dataset
-from qualiclip_metric.evaluation import random_splits
+from qualiclip_metric.evaluation import Protocol, dataset_splits
 from qualiclip_metric.inputs import MIN_IMAGE_SIDE
 from training.errors import TrainingError
 
@@ -26,8 +26,9 @@ class DataConfig:
     #: Image folder, and a score CSV in any layout ``read_csv_dataset`` reads (``image,mos``, pyiqa's meta_info).
     images: str = "data/koniq10k/1024x768"
     scores: str = "data/koniq10k/meta_info_KonIQ10kDataset.csv"
-    #: Train on the complement of split ``split_index`` of ``random_splits(N, splits, test_fraction,
-    #: split_seed)`` (by content when the CSV names reference images) and validate on that split.
+    #: Train on the complement of split ``split_index`` of ``qualiclip_metric.evaluation.dataset_splits`` with
+    #: ``Protocol(splits, test_fraction, split_seed)`` (by content when the CSV names reference images) and
+    #: validate on that split.
     split_index: int = 0
     splits: int = 10
     test_fraction: float = 0.2
@@ -66,14 +67,9 @@ def read_split(config: DataConfig) -> MOSSplit:
         dataset = read_csv_dataset(config.images, config.scores)
     except (OSError, ValueError) as err:
         raise TrainingError(f"data.images / data.scores: {err}") from err
-    test = random_splits(
-        len(dataset),
-        splits=config.splits,
-        test_fraction=config.test_fraction,
-        seed=config.split_seed,
-        groups=dataset.groups,
-    )[config.split_index]
-    train = np.setdiff1d(np.arange(len(dataset)), test)
+    protocol = Protocol(splits=config.splits, test_fraction=config.test_fraction, seed=config.split_seed)
+    split = dataset_splits(dataset, protocol)[config.split_index]
+    train, test = split.train, split.test
     if len(train) < 2 or len(test) < 3:
         raise TrainingError(
             f"data.scores: {len(dataset)} images split into {len(train)} for training and {len(test)} for testing; "

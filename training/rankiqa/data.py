@@ -175,8 +175,8 @@ class MOSDataConfig:
 
     images: str = "data/clive/images"
     scores: str = "data/clive/mos.csv"
-    #: Train on the training part of this split of ``qualiclip_metric.evaluation.random_splits(N, splits,
-    #: test_fraction, split_seed)`` (by reference image when the CSV names one) and test on the rest;
+    #: Train on the training part of this split of ``qualiclip_metric.evaluation.dataset_splits`` with
+    #: ``Protocol(splits, test_fraction, split_seed)`` (by reference image when the CSV names one) and test on the rest;
     #: None trains on every image.
     split_index: int | None = 0
     splits: int = 10

@@ -10,8 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
+
+from qualiclip_metric.evaluation import median_over_splits
 
 
 def summarize(runs: Path) -> dict[str, object]:
@@ -22,10 +23,7 @@ def summarize(runs: Path) -> dict[str, object]:
     for path in splits:
         validation = json.loads(path.read_text(encoding="utf-8"))["validation"]
         per_split.append({"split": int(path.stem.removeprefix("mos_split")), **validation})
-    median = {
-        key: float(np.median([row[key] for row in per_split]))
-        for key in ("test_srcc", "test_plcc", "test_plcc_logistic")
-    }
+    median = median_over_splits(per_split, ("test_srcc", "test_plcc", "test_plcc_logistic"))
     result: dict[str, object] = {"splits": len(per_split), "median": median, "per_split": per_split}
     stage1 = runs / "stage1.json"
     if stage1.is_file():

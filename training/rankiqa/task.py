@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from qualiclip_metric.datasets import read_csv_dataset
+from qualiclip_metric.datasets import IQADataset, read_csv_dataset
 from qualiclip_metric.errors import ImageLoadError
-from qualiclip_metric.evaluation import correlations, random_splits
+from qualiclip_metric.evaluation import Protocol, correlations, dataset_splits
 from qualiclip_metric.inputs import load_image
 from training import config as config_io
 from training.engine import EngineConfig, decay_groups
@@ -92,14 +92,13 @@ class RankIQATrainingModule(nn.Module):
         return {"loss": torch.mean((scores.float() - batch["targets"]) ** 2)}
 
 
-def train_test_indices(count: int, config: MOSDataConfig, groups: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Training and test indices of the configured split (all images and none without a split)."""
+def train_test_indices(dataset: IQADataset, config: MOSDataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Training and test indices of the configured split of the evaluation protocol (all and none without one)."""
     if config.split_index is None:
-        return np.arange(count), np.arange(0)
-    test = random_splits(
-        count, splits=config.splits, test_fraction=config.test_fraction, seed=config.split_seed, groups=groups
-    )[config.split_index]
-    return np.setdiff1d(np.arange(count), test), test
+        return np.arange(len(dataset)), np.arange(0)
+    protocol = Protocol(splits=config.splits, test_fraction=config.test_fraction, seed=config.split_seed)
+    split = dataset_splits(dataset, protocol)[config.split_index]
+    return split.train, split.test
 
 
 class RankIQATask:
@@ -116,7 +115,7 @@ class RankIQATask:
             dataset = read_csv_dataset(config.mos.images, config.mos.scores)
         except (OSError, ValueError) as err:
             raise TrainingError(f"mos.images / mos.scores: {err}") from err
-        train, test = train_test_indices(len(dataset), config.mos, dataset.groups)
+        train, test = train_test_indices(dataset, config.mos)
         scores = dataset.scores if dataset.higher_is_better else -dataset.scores  # DMOS: higher is worse
         self.train_paths, self.train_scores = [dataset.paths[i] for i in train], scores[train]
         self.test_paths, self.test_scores = [dataset.paths[i] for i in test], scores[test]

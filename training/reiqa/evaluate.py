@@ -1,8 +1,9 @@
 """python -m training.reiqa.evaluate: Re-IQA features of an IQA dataset, regressed to MOS over random splits.
 
 Extracts the 8192-d (for ResNet-50) content + quality features of every image of a folder and score CSV,
-then for each of ``--splits`` random 80/20 splits fits the cross-validated ridge regressor on the training
-part and measures SRCC/PLCC on the test part; the medians are the reported figures. ``--save-regressor``
+then for each of ``--splits`` random 80/20 splits (by reference image for full-reference sets, or the splits
+of ``--split-files``) fits the cross-validated ridge regressor on the training part and measures SRCC/PLCC
+on the test part; the medians are the reported figures. ``--save-regressor``
 also fits one regressor on all images for ``training.reiqa.score``. Features can be cached per encoder.
 """
 
@@ -87,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--splits", type=int, default=10)
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random splits and the CV folds")
+    parser.add_argument(
+        "--split-files",
+        type=Path,
+        help="folder with ARNIQA's train.npy and test.npy: its splits instead of random ones",
+    )
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds for the ridge strength")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--cache", type=Path, help="folder for per-encoder feature files (reused when inputs match)")
@@ -114,34 +120,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         parts.append(features)
         failed.update(errors)
     features = np.concatenate(parts, axis=1)
-    keep = np.asarray([row not in failed for row in range(len(dataset))])
+    features[sorted(failed)] = np.nan  # left out by the protocol, listed with their errors
     extraction_seconds = time.perf_counter() - started
-    result = split_evaluation(
-        features[keep],
-        dataset.scores[keep],
-        splits=args.splits,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-        higher_is_better=dataset.higher_is_better,
-        folds=args.folds,
-    )
+    try:
+        result = split_evaluation(
+            features,
+            dataset.scores,
+            splits=args.splits,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            split_files=args.split_files,
+            folds=args.folds,
+            dataset=dataset,
+            errors=failed,
+        )
+    except (OSError, ValueError) as err:
+        print(f"reiqa: cannot evaluate: {err}", file=sys.stderr)
+        return 2
+    keep = np.isfinite(features).all(axis=1)
     encoders = {"content": content_info, "quality": quality_info}
     report: dict[str, Any] = {
-        "dataset": dataset.name,
-        "images": len(dataset),
-        "scored": int(keep.sum()),
-        "failed": [{"path": str(dataset.paths[row]), "error": error} for row, error in sorted(failed.items())],
+        **result,
         "feature_dim": int(features.shape[1]),
         "feature_layout": ["content_full", "content_half", "quality_full", "quality_half"],
         "encoders": encoders,
         "max_size": args.max_size,
         "precision": args.precision,
-        "regressor": "ridge, features standardised, alpha by k-fold CV on each training part",
+        "regressor": "ridge, features standardised, alpha by k-fold CV on each training part (by content if known)",
         "extraction_seconds": extraction_seconds,
-        **result,
     }
     if args.save_regressor is not None:
-        model = RidgeRegressor(folds=args.folds, seed=args.seed).fit(features[keep], dataset.scores[keep])
+        groups = np.asarray(dataset.groups)[keep] if dataset.groups is not None else None
+        model = RidgeRegressor(folds=args.folds, seed=args.seed).fit(features[keep], dataset.scores[keep], groups)
         model.save(
             args.save_regressor,
             {

@@ -1,8 +1,11 @@
 """The linear map from Re-IQA features to MOS: ridge regression with cross-validated regularisation.
 
-Features are standardised with the training part's mean and standard deviation, the intercept is the
-training mean of the target, and the ridge strength is chosen from a log grid by k-fold cross-validation
-(mean squared error) on the training part only. One SVD per fold serves every candidate strength.
+scikit-learn does the fitting: features are standardised with the training part's mean and standard
+deviation (inside each cross-validation fold too), and the ridge strength is chosen from a log grid by
+k-fold cross-validation (mean squared error) on the training part only, with whole contents per fold
+(``GroupKFold``) where the dataset names them. ``GridSearchCV`` over a scaler-and-ridge pipeline is used
+rather than ``RidgeCV`` because it keeps each fold's standardisation to its own training images and
+reports the error of every candidate strength, which the regressor records.
 """
 
 from __future__ import annotations
@@ -14,26 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from qualiclip_metric.evaluation import correlations, random_splits
+from qualiclip_metric.datasets import IQADataset
+from qualiclip_metric.evaluation import Protocol, evaluate_regression
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-3, 6, 19))
-
-
-def _ridge_solutions(x: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> np.ndarray:
-    """Weights (len(alphas), D) minimising ||x w - y||^2 + alpha ||w||^2 for centred ``x``, ``y``.
-
-    With fewer samples than features (8192-d features, hundreds of images) the dual form
-    ``w = x^T (x x^T + alpha I)^-1 y`` needs only the eigen-decomposition of the N x N Gram matrix.
-    """
-    if x.shape[0] < x.shape[1]:
-        eigenvalues, vectors = np.linalg.eigh(x @ x.T)
-        eigenvalues = np.clip(eigenvalues, 0, None)
-        coefficients = (vectors.T @ y)[None, :] / (eigenvalues[None, :] + alphas[:, None])
-        return (coefficients @ vectors.T) @ x
-    u, s, vt = np.linalg.svd(x, full_matrices=False)
-    projected = u.T @ y
-    shrink = s[None, :] / (s[None, :] ** 2 + alphas[:, None])
-    return (shrink * projected[None, :]) @ vt
 
 
 @dataclass
@@ -53,33 +40,39 @@ class RidgeRegressor:
     def _standardise(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.scale
 
-    def fit(self, features: np.ndarray, target: np.ndarray) -> RidgeRegressor:
+    def fit(self, features: np.ndarray, target: np.ndarray, groups: np.ndarray | None = None) -> RidgeRegressor:
+        """Choose the strength by cross-validation (folds of whole ``groups`` when given), then fit on everything."""
+        from sklearn.linear_model import Ridge
+        from sklearn.model_selection import GridSearchCV, GroupKFold, KFold
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
         x, y = np.asarray(features, dtype=np.float64), np.asarray(target, dtype=np.float64).reshape(-1)
         if x.ndim != 2 or x.shape[0] != y.shape[0]:
             raise ValueError(f"features {x.shape} and target {y.shape} do not match")
         if not (np.isfinite(x).all() and np.isfinite(y).all()):
             raise ValueError("features and target must be finite")
-        folds = min(self.folds, x.shape[0])
+        units = x.shape[0] if groups is None else len(np.unique(groups))
+        folds = min(self.folds, units)
         if folds < 2:
-            raise ValueError("need at least 2 samples for cross-validation")
-        alphas = np.asarray(self.alphas, dtype=np.float64)
-        order = np.random.default_rng(self.seed).permutation(x.shape[0])
-        errors = np.zeros(len(alphas))
-        for held in np.array_split(order, folds):
-            train = np.setdiff1d(order, held)
-            mean, scale = x[train].mean(0), x[train].std(0)
-            scale[scale == 0] = 1.0
-            xt, yt = (x[train] - mean) / scale, y[train] - y[train].mean()
-            solutions = _ridge_solutions(xt, yt, alphas)
-            predicted = ((x[held] - mean) / scale) @ solutions.T + y[train].mean()
-            errors += ((predicted - y[held, None]) ** 2).sum(0)
-        self.cv_errors = (errors / x.shape[0]).tolist()
-        self.alpha = float(alphas[int(np.argmin(errors))])
-        self.mean, self.scale = x.mean(0), x.std(0)
-        self.scale[self.scale == 0] = 1.0
-        self.intercept = float(y.mean())
-        self.weights = _ridge_solutions(self._standardise(x), y - self.intercept, np.asarray([self.alpha]))[0]
+            raise ValueError(f"need at least 2 {'samples' if groups is None else 'contents'} for cross-validation")
+        splitter = GroupKFold(folds) if groups is not None else KFold(folds, shuffle=True, random_state=self.seed)
+        search = GridSearchCV(
+            make_pipeline(StandardScaler(), Ridge()),
+            {"ridge__alpha": list(self.alphas)},
+            scoring="neg_mean_squared_error",
+            cv=list(splitter.split(x, y, groups)),
+        ).fit(x, y)
+        scaler, ridge = search.best_estimator_.named_steps.values()
+        self.cv_errors = (-search.cv_results_["mean_test_score"]).tolist()
+        self.alpha = float(search.best_params_["ridge__alpha"])
+        self.mean, self.scale = scaler.mean_, scaler.scale_
+        self.weights, self.intercept = ridge.coef_, float(ridge.intercept_)
         return self
+
+    def describe(self) -> dict[str, float | None]:
+        """What a split's record shows of the fit: the ridge strength chosen."""
+        return {"alpha": self.alpha}
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         if self.weights is None:
@@ -127,27 +120,38 @@ def split_evaluation(
     features: np.ndarray,
     target: np.ndarray,
     *,
+    groups: list[str] | np.ndarray | None = None,
     splits: int = 10,
     test_fraction: float = 0.2,
     seed: int = 0,
     higher_is_better: bool = True,
+    split_files: str | Path | None = None,
     alphas: tuple[float, ...] = DEFAULT_ALPHAS,
     folds: int = 5,
+    dataset: IQADataset | None = None,
+    errors: dict[int, str] | None = None,
 ) -> dict[str, Any]:
-    """Fit on each split's training part, predict its test part; per-split metrics and their median.
+    """Re-IQA's figure: the ridge fitted on each split's training part, measured on its test part.
 
-    The splits are :func:`qualiclip_metric.evaluation.random_splits` (test indices); each training part is
-    the rest. Metrics are :func:`qualiclip_metric.evaluation.correlations` on the test part.
+    The splits and the metrics are the project's one protocol (:func:`qualiclip_metric.evaluation.evaluate_regression`);
+    with ``groups`` (the reference image of each image of a full-reference set) a content is never on
+    both sides of a split, nor of a cross-validation fold. Rows of ``features`` with a NaN are left out.
+
+    Args:
+        features: one row per image.
+        target: the subjective scores (MOS, or DMOS with ``higher_is_better=False``).
+        groups: the content of each image, or None for a no-reference set.
+        dataset: the dataset itself, whose paths, orientation and groups then name the report's entries.
+        errors: why rows have no features, listed in the report.
     """
-    x, y = np.asarray(features, dtype=np.float64), np.asarray(target, dtype=np.float64)
-    if round(len(y) * test_fraction) < 4:
-        raise ValueError(f"{len(y)} images give test parts under 4 images, too few for the logistic PLCC fit")
-    per_split: list[dict[str, Any]] = []
-    for index in random_splits(len(y), splits=splits, test_fraction=test_fraction, seed=seed):
-        train = np.setdiff1d(np.arange(len(y)), index)
-        model = RidgeRegressor(alphas=alphas, folds=folds, seed=seed).fit(x[train], y[train])
-        metrics = correlations(model.predict(x[index]), y[index], target_higher_is_better=higher_is_better)
-        per_split.append({**metrics, "alpha": model.alpha, "train": int(train.size), "test": int(index.size)})
-    names = [key for key in per_split[0] if key not in ("alpha", "train", "test")]
-    median = {name: float(np.median([result[name] for result in per_split])) for name in names}
-    return {"splits": splits, "test_fraction": test_fraction, "seed": seed, "median": median, "per_split": per_split}
+    y = np.asarray(target, dtype=np.float64).reshape(-1)
+    if dataset is None:
+        paths = [Path(f"image-{row}") for row in range(len(y))]
+        contents = None if groups is None else [str(g) for g in groups]
+        dataset = IQADataset("features", paths, y, higher_is_better, contents)
+
+    def fit(x: np.ndarray, scores: np.ndarray, contents: np.ndarray | None) -> RidgeRegressor:
+        return RidgeRegressor(alphas=alphas, folds=folds, seed=seed).fit(x, scores, contents)
+
+    protocol = Protocol(splits=splits, test_fraction=test_fraction, seed=seed, bootstrap=0, split_files=split_files)
+    return evaluate_regression(dataset, features, fit, protocol, errors=errors)
