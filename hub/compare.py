@@ -1,8 +1,7 @@
-"""What the hub tools share: probe images, scoring two models alike, correlations."""
+"""What the hub tools share: probe images and scoring two models alike."""
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -44,20 +43,3 @@ def probe_images(folder: Path | None, max_size: int | None = 512) -> dict[str, T
 def score_all(model: QualiCLIP, images: dict[str, Tensor]) -> Tensor:
     """Scores in the order of ``images``."""
     return torch.cat([score_batch(model, image).cpu() for image in images.values()])
-
-
-def read_mos(path: Path) -> dict[str, float]:
-    """``image,mos`` CSV (extra columns ignored), keyed by the file name of the image column."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"image", "mos"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected a CSV with 'image' and 'mos' columns")
-    return {Path(row["image"]).name: float(row["mos"]) for row in rows}
-
-
-def correlations(predicted: Tensor, target: Tensor) -> dict[str, float]:
-    """Spearman and Pearson correlation coefficients."""
-    from scipy import stats
-
-    a, b = predicted.double().numpy(), target.double().numpy()
-    return {"srcc": float(stats.spearmanr(a, b).statistic), "plcc": float(stats.pearsonr(a, b).statistic)}

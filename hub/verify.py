@@ -17,11 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from hub.compare import correlations, probe_images, read_mos, score_all
+from hub.compare import probe_images, score_all
 from qualiclip_metric import CheckpointError, QualiCLIP, WeightsNotFoundError
 from qualiclip_metric.checkpoint import StateDict
+from qualiclip_metric.datasets import read_csv_dataset
+from qualiclip_metric.evaluation import Protocol, correlations, evaluate_predictions
 from qualiclip_metric.weights import load_checkpoint
 
 
@@ -61,23 +64,28 @@ def verify(
         "source": str(images) if images else "generated",
         "max_abs_difference": float(difference.max()),
         "mean_abs_difference": float(difference.mean()),
-        **({"srcc_between": correlations(*predicted)["srcc"]} if len(probes) > 2 else {}),
+        **({"srcc_between": correlations(predicted[0], predicted[1])["srcc"]} if len(probes) > 2 else {}),
     }
     if scores is not None:
-        mos = read_mos(scores)
-        names = [name for name in probes if name in mos]
-        if len(names) < 3:
-            raise ValueError(f"{scores}: fewer than 3 of the images have a MOS")
-        index = [list(probes).index(name) for name in names]
-        target = torch.tensor([mos[name] for name in names])
-        report["mos"] = {
-            "images": len(names),
-            "reference": correlations(predicted[0][index], target),
-            "candidate": correlations(predicted[1][index], target),
-        }
+        report["mos"] = _against_mos(images, scores, list(probes), predicted)
     report["tolerance"] = tolerance
     report["match"] = report["scores"]["max_abs_difference"] <= tolerance
     return report
+
+
+def _against_mos(images: Path, scores: Path, names: list[str], predicted: list[torch.Tensor]) -> dict[str, Any]:
+    """Each checkpoint's evaluation report (whole set and split median) on the images that have a subjective score."""
+    dataset = read_csv_dataset(images, scores, check_files=False)
+    row_of = {name: row for row, name in enumerate(names)}
+    rows = [row_of.get(path.name) for path in dataset.paths]
+    if sum(row is not None for row in rows) < 3:
+        raise ValueError(f"{scores}: fewer than 3 of the images have a MOS")
+    result: dict[str, Any] = {"images": sum(row is not None for row in rows)}
+    for side, values in zip(("reference", "candidate"), predicted, strict=True):
+        aligned = np.array([np.nan if row is None else float(values[row]) for row in rows])
+        evaluation = evaluate_predictions(dataset, aligned, Protocol(bootstrap=0))
+        result[side] = {**evaluation["all_images"], "split_median": evaluation["splits"]["median"]}
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
