@@ -12,7 +12,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -238,15 +238,6 @@ def _pick_device(name: str, local_rank: int = 0) -> Any:
     return torch.device("cpu")
 
 
-def _rows(results: Iterable[Any], pair_names: list[str]) -> Iterable[dict[str, Any]]:
-    for result in results:
-        row = {"path": result.path, "score": result.score, "width": result.width, "height": result.height}
-        for name in pair_names:
-            row[name] = result.pairs.get(name) if result.pairs else None
-        row["error"] = result.error
-        yield row
-
-
 def _load_weights(args: argparse.Namespace, **options: Any) -> Any:
     """``from_pretrained`` with the weights arguments, or the exit code after printing why it failed."""
     from qualiclip_metric.errors import CheckpointError, WeightsNotFoundError
@@ -332,7 +323,7 @@ def run_score(args: argparse.Namespace) -> int:
 
     from qualiclip_metric.distributed import gather_in_order, init_process_group, ranks_from_environment, shard
     from qualiclip_metric.inputs import collect_image_files
-    from qualiclip_metric.score_writer import OutputError, ScoreWriter, check_output
+    from qualiclip_metric.score_writer import OutputError, ScoringInterrupted, check_output, write_scores
 
     ranks = ranks_from_environment()
     try:
@@ -363,42 +354,28 @@ def run_score(args: argparse.Namespace) -> int:
     else:
         results = _score_paths(args, model, files, per_pair=args.per_pair)
     pair_names = model.pair_names if args.per_pair else []
-    scored, failed, total = 0, [], 0.0
     progress = tqdm(total=len(files), unit="img", file=sys.stderr, disable=True if args.quiet else None)
-    writer = None
     try:
-        writer = ScoreWriter(args.output, ["path", "score", "width", "height", *pair_names, "error"])
-        for row in _rows(results, pair_names):
-            writer.write(row)
-            progress.update()
-            if row["error"] is None:
-                scored += 1
-                total += row["score"]
-            else:
-                failed.append(row)
-        writer.close()
+        summary = write_scores(results, args.output, pair_names=pair_names, progress=progress.update)
     except OutputError as err:
         progress.close()
         print(f"qualiclip: {err}; nothing was replaced", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except ScoringInterrupted as stop:
         progress.close()
-        kept = writer.interrupt() if writer is not None else None
-        where = f"; the {writer.count} results so far are in {kept}" if kept else ""
-        print(
-            f"qualiclip: interrupted after {writer.count if writer else 0} of {len(files)} images{where}",
-            file=sys.stderr,
-        )
+        where = f"; the {stop.count} results so far are in {stop.kept}" if stop.kept else ""
+        print(f"qualiclip: interrupted after {stop.count} of {len(files)} images{where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     progress.close()
     elapsed = time.perf_counter() - start
+    failed = summary.failed
     if not args.quiet:
         for row in failed:
             print(f"qualiclip: failed: {row['error']}", file=sys.stderr)
-        mean = f", mean score {total / scored:.4f}" if scored else ""
+        mean = f", mean score {summary.mean:.4f}" if summary.scored else ""
         print(
-            f"qualiclip: scored {scored} of {len(files)} images in {elapsed:.1f} s "
-            f"({scored / max(elapsed, 1e-9):.2f} images/s){mean}; {len(failed)} failed",
+            f"qualiclip: scored {summary.scored} of {len(files)} images in {elapsed:.1f} s "
+            f"({summary.scored / max(elapsed, 1e-9):.2f} images/s){mean}; {len(failed)} failed",
             file=sys.stderr,
         )
     return EXIT_SOME_FAILED if failed else EXIT_OK

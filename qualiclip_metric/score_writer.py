@@ -13,6 +13,8 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -172,3 +174,75 @@ class ScoreWriter:
     def discard(self) -> None:
         if self._staged is not None:
             self._staged.discard()
+
+
+#: The columns of every score file, whichever scorer wrote it; per-pair columns go before ``error``.
+SCORE_COLUMNS = ("path", "score", "width", "height")
+
+
+class ScoringInterrupted(Exception):
+    """Ctrl-C during :func:`write_scores`: ``kept`` holds the ``count`` results written so far (or is None)."""
+
+    def __init__(self, count: int, kept: Path | None) -> None:
+        super().__init__(f"interrupted after {count} results")
+        self.count, self.kept = count, kept
+
+
+@dataclass
+class ScoreSummary:
+    """What :func:`write_scores` wrote: the scored count, the failed rows and the sum of the scores."""
+
+    scored: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    total: float = 0.0
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.scored if self.scored else None
+
+
+def score_row(result: Any, pair_names: Sequence[str] = ()) -> dict[str, Any]:
+    """The row of one result (anything with ``path``, ``score``, ``width``, ``height``, ``error``, ``pairs``)."""
+    row = {name: getattr(result, name) for name in SCORE_COLUMNS}
+    pairs = getattr(result, "pairs", None) or {}
+    row.update({name: pairs.get(name) for name in pair_names})
+    row["error"] = result.error
+    return row
+
+
+def write_scores(
+    results: Iterable[Any],
+    output: Path | None,
+    *,
+    pair_names: Sequence[str] = (),
+    progress: Callable[[], Any] | None = None,
+) -> ScoreSummary:
+    """Write per-file results as a score file (format by suffix; CSV on standard output without ``output``).
+
+    The one writer of score files: ``qualiclip score`` and the baselines' scoring commands call it, so
+    their files have the same columns and ``qualiclip evaluate --predictions`` reads any of them.
+
+    Raises:
+        OutputError: the file cannot be written; a file that existed before is left as it was.
+        ScoringInterrupted: Ctrl-C; the rows so far are kept (beside an existing file, as ``.partial``).
+    """
+    writer = ScoreWriter(output, [*SCORE_COLUMNS, *pair_names, "error"])
+    summary = ScoreSummary()
+    try:
+        for result in results:
+            row = score_row(result, pair_names)
+            writer.write(row)
+            if progress is not None:
+                progress()
+            if row["error"] is None:
+                summary.scored += 1
+                summary.total += row["score"]
+            else:
+                summary.failed.append(row)
+        writer.close()
+    except KeyboardInterrupt:
+        raise ScoringInterrupted(writer.count, writer.interrupt()) from None
+    except BaseException:
+        writer.discard()
+        raise
+    return summary

@@ -334,3 +334,10 @@ def test_evaluate_and_score_commands(smoke_run, tmp_path):
     good = [row for row in table if not row["error"]]
     assert len(good) == 20 and all(math.isfinite(float(row["score"])) for row in good)
     assert {(row["width"], row["height"]) for row in good} == {("64", "64")}
+    # The same writer as `qualiclip score`: JSON lines by suffix, and an unwritable output refused first.
+    lines = run_module("training.reiqa.score", str(images), "--regressor", str(tmp_path / "regressor"), "-o",
+                       str(tmp_path / "s.jsonl"))  # fmt: skip
+    assert lines.returncode == 1 and len((tmp_path / "s.jsonl").read_text().splitlines()) == 21
+    refused = run_module("training.reiqa.score", str(images), "--regressor", str(tmp_path / "absent"), "-o",
+                         str(tmp_path / "missing" / "s.csv"))  # fmt: skip
+    assert refused.returncode == 2 and "does not exist" in refused.stderr

@@ -1,61 +1,85 @@
-"""The score CSV of the baselines, in ``qualiclip score``'s layout, so ``qualiclip evaluate --predictions`` reads it."""
+"""Scoring files with a baseline, written by the library's one score writer in ``qualiclip score``'s layout.
+
+So ``qualiclip evaluate --predictions`` reads a baseline's file as it reads QualiCLIP's, and a baseline's
+command behaves as ``qualiclip score`` does: files that cannot be read get their error and the rest are
+still scored; an existing output is replaced only by a complete one. Exit codes: 0 all scored; 1 some
+failed; 2 no input images or an output that cannot be written; 3 the weights could not be loaded;
+130 interrupted (the rows so far are kept).
+"""
 
 from __future__ import annotations
 
-import csv
+import argparse
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from torch import Tensor
 
+from qualiclip_metric.batch import FileScore
 from qualiclip_metric.errors import ImageLoadError
-from qualiclip_metric.inputs import load_image
+from qualiclip_metric.inputs import collect_image_files, load_image
+from qualiclip_metric.score_writer import OutputError, ScoringInterrupted, check_output, write_scores
 
-COLUMNS = ("path", "score", "width", "height", "error")
-
-
-@dataclass(frozen=True)
-class ScoreRow:
-    path: str
-    score: float | None
-    width: int | None
-    height: int | None
-    error: str | None = None
+#: Loads a scorer from the parsed arguments: a function of one (3, H, W) image. Raising OSError,
+#: ValueError, KeyError or RuntimeError means the weights could not be loaded (exit code 3).
+LoadScorer = Callable[[argparse.Namespace], Callable[[Tensor], float]]
 
 
-def score_paths(paths: Iterable[str | os.PathLike], score_image: Callable[[Tensor], float]) -> Iterator[ScoreRow]:
-    """One row per path, in order; a file that cannot be read gets its error and the rest are still scored."""
-    for path in paths:
+def score_paths(paths: Iterable[str | os.PathLike], score_image: Callable[[Tensor], float]) -> Iterator[FileScore]:
+    """One result per path, in order; a file that cannot be read gets its error and the rest are still scored."""
+    for index, path in enumerate(paths):
         try:
             image = load_image(path)
         except ImageLoadError as err:
-            yield ScoreRow(str(path), None, None, None, str(err))
+            yield FileScore(index, str(path), error=str(err))
             continue
-        yield ScoreRow(str(path), float(score_image(image)), image.shape[-1], image.shape[-2])
+        yield FileScore(index, str(path), float(score_image(image)), image.shape[-1], image.shape[-2])
 
 
-def write_scores(rows: Iterable[ScoreRow], output: Path | None, prog: str) -> int:
-    """Write the rows as CSV (standard output without ``output``); exit code 1 when any image failed."""
-    stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
-    scored = failed = 0
+def score_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The arguments every baseline's scoring command shares; each adds those of its weights."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("paths", nargs="+", help="image files or folders")
+    parser.add_argument("--output", "-o", type=Path, help="FILE.csv, .json or .jsonl (default: CSV on standard output)")
+    parser.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
+    return parser
+
+
+def run_score_command(
+    name: str, parser: argparse.ArgumentParser, load: LoadScorer, argv: Sequence[str] | None = None
+) -> int:
+    """Parse, check the inputs and the output, load the scorer, and write every file's score.
+
+    ``name`` starts each message (``rankiqa: ...``).
+    """
+    args = parser.parse_args(argv)
     try:
-        writer = csv.writer(stream, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        for row in rows:
-            writer.writerow(
-                ["" if value is None else value for value in (row.path, row.score, row.width, row.height)]
-                + [row.error or ""]
-            )
-            if row.error is None:
-                scored += 1
-            else:
-                failed += 1
-                print(f"{prog}: failed: {row.error}", file=sys.stderr)
-    finally:
-        if output:
-            stream.close()
-    print(f"{prog}: scored {scored} of {scored + failed} images; {failed} failed", file=sys.stderr)
-    return 1 if failed else 0
+        if args.output is not None:
+            check_output(args.output)
+    except OutputError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return 2
+    files = collect_image_files(args.paths, recursive=args.recursive)
+    if not files:
+        print(f"{name}: no image files found in " + ", ".join(args.paths), file=sys.stderr)
+        return 2
+    try:
+        score_image = load(args)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        print(f"{name}: cannot load the weights: {err}", file=sys.stderr)
+        return 3
+    try:
+        summary = write_scores(score_paths(files, score_image), args.output)
+    except OutputError as err:
+        print(f"{name}: {err}; nothing was replaced", file=sys.stderr)
+        return 2
+    except ScoringInterrupted as stop:
+        where = f"; the {stop.count} results so far are in {stop.kept}" if stop.kept else ""
+        print(f"{name}: interrupted after {stop.count} of {len(files)} images{where}", file=sys.stderr)
+        return 130
+    for row in summary.failed:
+        print(f"{name}: failed: {row['error']}", file=sys.stderr)
+    print(f"{name}: scored {summary.scored} of {len(files)} images; {len(summary.failed)} failed", file=sys.stderr)
+    return 1 if summary.failed else 0

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from qualiclip_metric.batch import FileScore
 from training.rankiqa.data import random_crops
 from training.rankiqa.model import CONFIG_FILE, ModelConfig, RankIQANet, build_model
-from training.score_files import ScoreRow, score_paths
+from training.score_files import score_paths
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,6 @@ class RankIQA(nn.Module):
                 raise ValueError(f"expected images shaped (N, 3, H, W) or (3, H, W), got {tuple(images.shape)}")
         return torch.tensor([self.score_image(image) for image in images])
 
-    def score_files(self, paths: Iterable[str | os.PathLike]) -> list[ScoreRow]:
+    def score_files(self, paths: Iterable[str | os.PathLike]) -> list[FileScore]:
         """One row per path, in order; a file that cannot be read gets its error instead of a score."""
         return list(score_paths(paths, self.score_image))
