@@ -385,7 +385,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from qualiclip_metric.datasets import read_csv_dataset
-    from qualiclip_metric.evaluation import Protocol, check_scores, evaluate_predictions, read_predictions, report_table
+    from qualiclip_metric.evaluation import (
+        Protocol,
+        check_scores,
+        dataset_splits,
+        evaluate_predictions,
+        read_predictions,
+        report_table,
+    )
     from qualiclip_metric.score_writer import check_writable, write_json_atomically
 
     try:
@@ -406,6 +413,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             bootstrap=args.bootstrap,
             split_files=args.split_files,
         )
+        dataset_splits(dataset, protocol)  # split files that do not fit are refused before anything is scored
         if args.predictions is not None:
             predictions, errors = read_predictions(args.predictions, dataset)
             source = f"predictions {args.predictions}"
