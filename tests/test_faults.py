@@ -224,6 +224,7 @@ def test_evaluate_refuses_bad_options_and_scores_before_scoring(tmp_path):
         (["--scores", _mos_csv(tmp_path / "nan.csv", images, ["1", "nan", "3", "4"])], "1 of 4 are not finite"),
         (["--scores", _mos_csv(tmp_path / "same.csv", images, ["2"] * 4)], "all 4 are equal"),
         (["--scores", good, "--output", tmp_path / "missing" / "r.json"], "does not exist"),
+        (["--scores", good, "--split-files", tmp_path / "images"], "no train.npy"),
     ]
     for arguments, message in cases:
         result = run(["evaluate", "--images", tmp_path / "images", "--weights", MISSING_WEIGHTS, *arguments])
