@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from qualiclip_metric.datasets import read_csv_dataset
+from qualiclip_metric.evaluation import Protocol, dataset_splits
 from qualiclip_metric.integrity import sha256_file
 from training.reiqa.features import encoder_from_spec, multiscale_features, read_images
 from training.reiqa.model import ARCHITECTURES, CheckpointError, ResNetTrunk
@@ -107,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         dataset = read_csv_dataset(args.images, args.scores)
+        # Refuse split options and files that do not fit before extracting anything.
+        dataset_splits(dataset, Protocol(args.splits, args.test_fraction, args.seed, split_files=args.split_files))
         content, content_info = encoder_from_spec(args.content, args.arch)
         quality, quality_info = encoder_from_spec(args.quality, args.arch)
     except (OSError, ValueError, CheckpointError) as err:
