@@ -18,7 +18,7 @@ from PIL import Image
 from training.engine import load_training_state
 from training.reiqa.data import ChunkConfig, ChunkDataset, collate_chunks
 from training.reiqa.model import CheckpointError, MoCoConfig, QualityMoCo, info_nce, load_trunk
-from training.reiqa.regressor import RidgeRegressor, split_evaluation
+from training.reiqa.regressor import RidgeRegressor, _ridge_solutions, split_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 PRISTINE = ROOT / "tests" / "data" / "pristine"
@@ -233,6 +233,15 @@ def test_ridge_recovers_a_known_linear_map():
     assert model.alpha == min(model.alphas)  # noise-free data wants the least regularisation
     result = split_evaluation(features, target, splits=3)
     assert result["splits"]["median"]["srcc"] > 0.999 and len(result["splits"]["per_split"]) == 3
+
+
+@pytest.mark.parametrize("shape", [(30, 50), (60, 5)])  # the dual (N < D) and the primal path
+def test_ridge_solutions_match_the_normal_equations(shape):
+    rng = np.random.default_rng(2)
+    x, y, alphas = rng.normal(size=shape), rng.normal(size=shape[0]), np.array([0.1, 10.0])
+    solutions = _ridge_solutions(x, y, alphas)
+    for alpha, solution in zip(alphas, solutions, strict=True):
+        np.testing.assert_allclose(solution, np.linalg.solve(x.T @ x + alpha * np.eye(shape[1]), x.T @ y), atol=1e-10)
 
 
 def test_ridge_matches_the_normal_equations_on_standardised_features():
