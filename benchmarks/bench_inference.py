@@ -54,7 +54,7 @@ from common import (
 
 from qualiclip_metric import QualiCLIP, load_image
 from qualiclip_metric.checkpoint import read_checkpoint, write_layout
-from qualiclip_metric.model import PRECISIONS
+from qualiclip_metric.precision import PRECISIONS
 
 #: Largest score difference to the official loop that keeps a row valid, by mode and precision.
 TOLERANCES = {

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from qualiclip_metric.config import PromptPair
 from qualiclip_metric.frozen import FrozenNetworkMixin, build_network
 from qualiclip_metric.inputs import as_image_batch, resize_longer_side, validate_data_range, validate_max_size
-from qualiclip_metric.model import Precision, QualiCLIP
+from qualiclip_metric.model import QualiCLIP
+from qualiclip_metric.precision import Precision
 
 
 class QualiCLIPLoss(FrozenNetworkMixin, nn.Module):

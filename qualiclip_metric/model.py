@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,46 +24,13 @@ from qualiclip_metric.config import (
 from qualiclip_metric.errors import CheckpointError
 from qualiclip_metric.inputs import as_image_batch, validate_temperature
 from qualiclip_metric.integrity import Verify
+from qualiclip_metric.precision import PRECISIONS, Precision, compute_context, validate_precision
+from qualiclip_metric.precision import cuda_tf32 as cuda_tf32  # re-exported: it lived here before precision.py
 from qualiclip_metric.runtimes import Backend, check_backend, validate_backend
 
 if TYPE_CHECKING:
     from qualiclip_metric.checkpoint import Checkpoint
     from qualiclip_metric.runtimes import ExportedScorer
-
-Precision = Literal["fp32", "tf32", "bf16", "fp16"]
-#: Autocast dtype of each precision; "fp32" is strict IEEE fp32 and "tf32" lets CUDA use TF32 in fp32 ops.
-PRECISIONS: dict[str, torch.dtype | None] = {
-    "fp32": None,
-    "tf32": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
-
-
-@contextlib.contextmanager
-def cuda_tf32(enabled: bool) -> Iterator[None]:
-    """Allow or forbid TF32 in cuDNN convolutions and CUDA matmuls, restoring the caller's settings.
-
-    cuDNN uses TF32 for fp32 convolutions by default, which moves scores by about 3e-4.
-    """
-    backends = torch.backends
-    if hasattr(backends.cudnn, "conv") and hasattr(backends.cuda.matmul, "fp32_precision"):
-        targets = [backends.cudnn.conv, backends.cuda.matmul]
-        saved = [target.fp32_precision for target in targets]
-        for target in targets:
-            target.fp32_precision = "tf32" if enabled else "ieee"
-        try:
-            yield
-        finally:
-            for target, value in zip(targets, saved, strict=True):
-                target.fp32_precision = value
-    else:  # torch releases without the per-backend precision API
-        saved_flags = (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
-        backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = enabled
-        try:
-            yield
-        finally:
-            backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved_flags
 
 
 def build_image_tower() -> nn.Module:
@@ -175,9 +142,7 @@ class QualiCLIP(nn.Module):
 
     @precision.setter
     def precision(self, value: Precision) -> None:
-        if value not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {value!r}")
-        self._precision = value
+        self._precision = validate_precision(value)
 
     @property
     def backend(self) -> Backend:
@@ -247,13 +212,7 @@ class QualiCLIP(nn.Module):
 
     def _compute_context(self, device_type: str, autocast: bool = True) -> contextlib.ExitStack:
         """The numeric mode of :attr:`precision`; with "fp32", a caller's own autocast stays in force."""
-        stack = contextlib.ExitStack()
-        if device_type == "cuda":
-            stack.enter_context(cuda_tf32(self.precision == "tf32"))
-        dtype = PRECISIONS[self.precision]
-        if dtype is not None and autocast:
-            stack.enter_context(torch.autocast(device_type=device_type, dtype=dtype))
-        return stack
+        return compute_context(self.precision, device_type, autocast=autocast)
 
     def _fused_trunk(self, x: Tensor) -> Callable[[Tensor], Tensor] | None:
         """The fast trunk for ``x``, or None where the standard path runs (off, or gradients needed).

@@ -36,7 +36,8 @@ from torch import Tensor, nn
 
 from qualiclip_metric.config import PromptPair
 from qualiclip_metric.inputs import resize_longer_side, validate_max_size
-from qualiclip_metric.model import Precision, QualiCLIP
+from qualiclip_metric.model import QualiCLIP
+from qualiclip_metric.precision import Precision
 from qualiclip_metric.runtimes import Backend
 
 ARCH_NAME = "QualiCLIPMetricArch"

@@ -38,6 +38,7 @@ from qualiclip_metric.export import (
 )
 from qualiclip_metric.integrity import Verify
 from qualiclip_metric.machine import has_amx_bf16
+from qualiclip_metric.precision import PRECISIONS
 
 if TYPE_CHECKING:
     from qualiclip_metric.model import QualiCLIP
@@ -85,8 +86,6 @@ def openvino_capabilities() -> frozenset[str]:
 def backend_precisions(backend: str) -> tuple[str, ...]:
     """The precisions ``backend`` runs on this machine's CPU."""
     if backend == "torch":
-        from qualiclip_metric.model import PRECISIONS
-
         return tuple(PRECISIONS)
     if backend == "onnxruntime":
         return ("fp32",)  # the CPU execution provider has no bf16 convolutions and few fp16 kernels

@@ -15,7 +15,8 @@ from qualiclip_metric.config import PromptPair
 from qualiclip_metric.frozen import FrozenNetworkMixin, build_network
 from qualiclip_metric.functional import qualiclip_score
 from qualiclip_metric.inputs import validate_data_range, validate_max_size
-from qualiclip_metric.model import Precision, QualiCLIP
+from qualiclip_metric.model import QualiCLIP
+from qualiclip_metric.precision import Precision
 from qualiclip_metric.runtimes import Backend
 
 REDUCTIONS = ("mean", "sum", "none")

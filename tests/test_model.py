@@ -59,7 +59,7 @@ def test_reduced_precision_close_to_fp32(model, precision):
 
 
 def test_invalid_settings_are_rejected(model):
-    with pytest.raises(ValueError, match="precision"):
+    with pytest.raises(ValueError, match="Argument `precision` must be one of"):
         model.precision = "int8"
     with pytest.raises(ValueError, match="temperature"):
         model.temperature = 0
@@ -114,6 +114,21 @@ def test_cuda_matches_cpu(model, precision):
     tolerance = {**REDUCED_PRECISION_TOLERANCE, "fp32": 1e-5, "tf32": 5e-3}[precision]
     assert (actual - expected).abs().max() < tolerance
     assert torch.backends.cudnn.allow_tf32 == caller_setting  # restored after the forward
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cudnn, "conv"), reason="torch without per-backend fp32_precision")
+def test_tf32_switch_restores_the_callers_settings():
+    from qualiclip_metric.precision import cuda_tf32
+
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = (conv.fp32_precision, matmul.fp32_precision)
+    for enabled, inside in ((True, "tf32"), (False, "ieee")):
+        with cuda_tf32(enabled):
+            assert (conv.fp32_precision, matmul.fp32_precision) == (inside, inside)
+        assert (conv.fp32_precision, matmul.fp32_precision) == before
+    with pytest.raises(RuntimeError), cuda_tf32(False):
+        raise RuntimeError("restored also when the block raises")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
 
 
 def read_checkpoint_from_model(model):

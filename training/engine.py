@@ -37,11 +37,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from qualiclip_metric.distributed import Ranks, init_process_group, ranks_from_environment
 from qualiclip_metric.errors import ImageLoadError
-from qualiclip_metric.model import cuda_tf32
+from qualiclip_metric.precision import Precision, cuda_tf32
 from training import config as config_io
 from training.errors import TrainingError, TrainingStateError
 
-Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.pt$")
 #: Marks a training state file; loading checks it, so a file of another kind is refused by name.
 STATE_FORMAT = "qualiclip-metric-training-state"
