@@ -19,7 +19,7 @@ import pickle
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,6 +39,10 @@ TEXT_PREFIXES = ("transformer.", "token_embedding.", "ln_final.", "positional_em
 #: Entries of CLIP state dicts that carry no weights: OpenAI's non-tensor settings, and the text tower's
 #: constant causal mask, which TorchScript archives and some exports save as a buffer.
 IGNORED_KEYS = frozenset({"input_resolution", "context_length", "vocab_size", "attn_mask"})
+#: Keys under which checkpoints wrap a state dict: Lightning's and MoCo's ``state_dict``, this project's
+#: training states and many repositories' ``model``, pyiqa's ``params``.
+STATE_WRAPPERS = ("state_dict", "model", "params")
+DATA_PARALLEL_PREFIX = "module."
 OFFICIAL_URL = "https://github.com/miccunifi/QualiCLIP/releases/download/weights/qualiclip.pth"
 
 StateDict = dict[str, Tensor]
@@ -55,16 +59,14 @@ class Checkpoint:
     origin: str
 
 
-def split_state(state: dict[str, object], origin: str) -> tuple[StateDict, StateDict | None]:
+def split_state(state: Mapping[str, object], origin: str) -> tuple[StateDict, StateDict | None]:
     """Sort a flat CLIP/QualiCLIP state dict of any known layout into image and text parts."""
-    for wrapper in ("state_dict", "params", "model"):
-        if set(state) == {wrapper} and isinstance(state[wrapper], dict):
-            state = state[wrapper]  # type: ignore[assignment]
+    state = unwrap_state(state, origin)
     image: StateDict = {}
     text: StateDict = {}
     unknown: list[str] = []
     for raw_key, value in state.items():
-        key = raw_key.removeprefix("module.").removeprefix(OFFICIAL_PREFIX)
+        key = raw_key.removeprefix(OFFICIAL_PREFIX)
         if key in IGNORED_KEYS:
             continue
         if not isinstance(value, Tensor):
@@ -100,6 +102,65 @@ def read_torch_file(path: Path) -> dict[str, object]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict, found a {type(state).__name__}")
     return state
+
+
+def unwrap_state(state: Mapping[str, object], origin: str) -> dict[str, object]:
+    """The flat state dict inside the usual wrappers, without (Distributed)DataParallel's ``module.`` prefix.
+
+    A mapping without tensors of its own that holds one of :data:`STATE_WRAPPERS` is unpacked (again, for
+    nested wrappers), so that ``{"state_dict": ..., "epoch": 200}`` and the training engine's states read
+    like the bare state dict.
+
+    Raises:
+        CheckpointError: two entries have the same name once ``module.`` is removed.
+    """
+    while not any(isinstance(value, Tensor) for value in state.values()):
+        wrapper = next((name for name in STATE_WRAPPERS if isinstance(state.get(name), Mapping)), None)
+        if wrapper is None:
+            break
+        state = state[wrapper]  # type: ignore[assignment]
+    flat: dict[str, object] = {}
+    for raw_key, value in state.items():
+        key = str(raw_key).removeprefix(DATA_PARALLEL_PREFIX)
+        if key in flat:
+            raise CheckpointError(f"{origin}: entry {key!r} appears with and without the prefix {DATA_PARALLEL_PREFIX}")
+        flat[key] = value
+    return flat
+
+
+def read_state_dict(path: str | os.PathLike, *, ignore: Collection[str] = ()) -> StateDict:
+    """The tensors of one weights file: safetensors, or a PyTorch file read with ``weights_only=True``.
+
+    The one reader of state dicts for every model of the project: wrappers and the ``module.`` prefix are
+    removed (:func:`unwrap_state`), and callers map the names to their own networks. Nothing in the file
+    can run code.
+
+    Args:
+        path: a ``.safetensors`` file, or a ``.pth``/``.pt``/``.bin``/``.tar`` file of ``torch.save``.
+        ignore: names (after unwrapping) dropped whatever they hold, such as settings stored beside tensors.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, holds Python objects, or entries that are not tensors.
+
+    Examples:
+        >>> state = read_state_dict("moco_v2_800ep_pretrain.pth.tar")  # doctest: +SKIP
+        >>> query = {k[10:]: v for k, v in state.items() if k.startswith("encoder_q.")}  # doctest: +SKIP
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        state: Mapping[str, object] = read_safetensors(path)[0]
+    else:
+        state = read_torch_file(path)
+    tensors: StateDict = {}
+    for key, value in unwrap_state(state, str(path)).items():
+        if key in ignore:
+            continue
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        tensors[key] = value
+    return tensors
 
 
 def read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
@@ -170,7 +231,8 @@ def read_checkpoint(path: str | os.PathLike, *, need_text: bool = False, verify:
         config = _config_from_metadata(metadata, str(path))
         image_state, text_state = split_state(tensors, str(path))
     else:
-        image_state, text_state = split_state(read_torch_file(path), str(path))
+        ignored = IGNORED_KEYS | {OFFICIAL_PREFIX + key for key in IGNORED_KEYS}
+        image_state, text_state = split_state(read_state_dict(path, ignore=ignored), str(path))
         config = QualiCLIPConfig()
     if need_text and text_state is None:
         raise CheckpointError(f"{path}: custom prompts need the text tower, which this file lacks")
@@ -188,8 +250,8 @@ def has_text_tower(path: str | os.PathLike) -> bool:
         with safe_open(path, framework="pt", device="cpu") as handle:
             keys = list(handle.keys())
     else:
-        keys = list(read_torch_file(path))
-    return any(key.removeprefix("module.").removeprefix(OFFICIAL_PREFIX).startswith(TEXT_PREFIXES) for key in keys)
+        keys = list(unwrap_state(read_torch_file(path), str(path)))
+    return any(key.removeprefix(OFFICIAL_PREFIX).startswith(TEXT_PREFIXES) for key in keys)
 
 
 def umask_mode(directory: bool = False) -> int:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qualiclip_metric.checkpoint import Checkpoint, read_torch_file
+from qualiclip_metric.checkpoint import Checkpoint, read_state_dict
 from qualiclip_metric.config import DEFAULT_PROMPT_PAIRS, SCORE_LOGIT_SCALE, PromptPair, validate_prompt_pairs
 from qualiclip_metric.errors import CheckpointError
 
@@ -149,10 +149,7 @@ class PromptLearner(nn.Module):
 
 def read_prompt_learner(path: str | os.PathLike) -> dict[str, Tensor]:
     """The tensors of a pyiqa prompt-learner ``.pth`` (``weights_only``), unwrapped from ``params``."""
-    state = read_torch_file(Path(path))
-    if set(state) == {"params"} and isinstance(state["params"], dict):
-        state = state["params"]
-    return state  # type: ignore[return-value]
+    return read_state_dict(path)
 
 
 def is_prompt_learner(path: str | os.PathLike) -> bool:

@@ -9,7 +9,7 @@ from conftest import make_images
 from safetensors.torch import load_file, save_file
 
 from qualiclip_metric import CheckpointError, QualiCLIP
-from qualiclip_metric.checkpoint import read_checkpoint, write_layout, write_official
+from qualiclip_metric.checkpoint import read_checkpoint, read_state_dict, write_layout, write_official
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +150,46 @@ def test_ddp_prefixed_state_dict_loads(official_pth, tmp_path, images):
     path = tmp_path / "wrapped.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
     assert torch.equal(scores(path, images), scores(official_pth, images))
+
+
+def test_one_state_dict_reader_unwraps_every_usual_container(tmp_path):
+    weight, bias = torch.arange(6.0).reshape(2, 3), torch.ones(2)
+    plain = {"layer.weight": weight, "layer.bias": bias}
+    containers = {
+        "plain.pth": plain,
+        "lightning.ckpt": {"state_dict": plain, "epoch": 200, "hyper_parameters": {"lr": 0.1}},
+        "ddp.pth": {"model": {f"module.{k}": v for k, v in plain.items()}, "optimizer": {"state": {}}},
+        "pyiqa.pth": {"params": plain},
+        "nested.pth": {"state_dict": {"model": plain}},
+    }
+    for name, content in containers.items():
+        torch.save(content, tmp_path / name)
+        state = read_state_dict(tmp_path / name)
+        assert list(state) == ["layer.weight", "layer.bias"], name
+        assert torch.equal(state["layer.weight"], weight) and torch.equal(state["layer.bias"], bias), name
+    save_file({"module.layer.weight": weight}, str(tmp_path / "ddp.safetensors"))
+    assert torch.equal(read_state_dict(tmp_path / "ddp.safetensors")["layer.weight"], weight)
+
+
+def test_the_state_dict_reader_refuses_what_is_not_tensors(tmp_path):
+    with pytest.raises(CheckpointError, match=r"absent\.pth: no such weights file"):
+        read_state_dict(tmp_path / "absent.pth")
+    torch.save({"layer.weight": torch.ones(1), "steps": 7}, tmp_path / "mixed.pth")
+    with pytest.raises(CheckpointError, match="entry 'steps' is a int, not a tensor"):
+        read_state_dict(tmp_path / "mixed.pth")
+    assert list(read_state_dict(tmp_path / "mixed.pth", ignore={"steps"})) == ["layer.weight"]
+    torch.save({"module.w": torch.ones(1), "w": torch.zeros(1)}, tmp_path / "twice.pth")
+    with pytest.raises(CheckpointError, match="'w' appears with and without the prefix module."):
+        read_state_dict(tmp_path / "twice.pth")
+    (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        read_state_dict(tmp_path / "cut.safetensors")
+
+
+def test_baselines_raise_the_library_checkpoint_error():
+    from training.reiqa import model as reiqa_model
+
+    assert reiqa_model.CheckpointError is CheckpointError
 
 
 def test_fp16_weights_are_accepted(official_pth, tmp_path, images):

@@ -17,6 +17,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import vgg
 
+from qualiclip_metric.checkpoint import read_state_dict
+
 log = logging.getLogger(__name__)
 
 #: torchvision's ImageNet weights expect inputs normalised with these statistics.
@@ -111,18 +113,7 @@ def read_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, object]]:
         if config_path.is_file():
             config = json.loads(config_path.read_text(encoding="utf-8"))
         path = path / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"model.init: {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path)), config
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return state, config
+    return read_state_dict(path), config
 
 
 def load_into(model: RankIQANet, state: dict[str, Tensor], origin: str) -> None:

@@ -19,12 +19,16 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from qualiclip_metric.checkpoint import read_state_dict
+from qualiclip_metric.errors import CheckpointError  # also importable from here, as before
+
 #: Trunks of torchvision's ResNets; ResNet-50 is the paper's, the others only make tests cheaper.
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Key prefixes of checkpoints that wrap a ResNet: MoCo's query encoder (DDP-saved or not) and plain wrappers.
-KNOWN_PREFIXES = ("module.encoder_q.", "encoder_q.", "module.", "trunk.", "backbone.")
+#: Key prefixes of checkpoints that wrap a ResNet: MoCo's query encoder and plain wrappers (the ``module.``
+#: of DataParallel is already removed by :func:`~qualiclip_metric.checkpoint.read_state_dict`).
+KNOWN_PREFIXES = ("encoder_q.", "trunk.", "backbone.")
 
 
 class ResNetTrunk(nn.Module):
@@ -53,36 +57,8 @@ class ResNetTrunk(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
-class CheckpointError(ValueError):
-    """A weights file that cannot serve as a ResNet trunk."""
-
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a ``.safetensors`` file, or of a ``.pth``/``.pt``/``.tar`` file read with ``weights_only=True``.
-
-    Wrappers ``{"state_dict": ...}`` and ``{"model": ...}`` (MoCo's and this engine's checkpoints) are unpacked.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file (nothing is downloaded: give a local file)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the file cannot be used
-        raise CheckpointError(f"{path}: cannot read as a weights-only torch checkpoint: {err}") from err
-    for wrapper in ("state_dict", "model"):
-        if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
-            data = data[wrapper]
-    if not isinstance(data, Mapping) or not all(isinstance(v, Tensor) for v in data.values()):
-        raise CheckpointError(f"{path}: expected a mapping of tensor names to tensors")
-    return dict(data)
-
-
 def trunk_state(state: Mapping[str, Tensor], source: str = "checkpoint") -> dict[str, Tensor]:
-    """The trunk's tensors of a torchvision, MoCo (``module.encoder_q.``) or Re-IQA-export state dict.
+    """The trunk's tensors of a torchvision, MoCo (``encoder_q.``) or Re-IQA-export state dict.
 
     The classifier or MoCo projection head (``fc.*``) and MoCo's key encoder are dropped.
     """
