@@ -3,13 +3,16 @@
 Defining the tower here keeps ``import qualiclip_metric`` and the first score fast: importing open_clip
 pulls in its whole model zoo. The architecture is OpenAI's: a three-convolution stem with average
 pooling, bottleneck blocks that downsample by average pooling before the stride (anti-aliasing), and an
-attention pool whose projections :func:`qualiclip_metric.model.attention_pool` uses. Parity with open_clip
-and pyiqa on the same weights is tested.
+attention pool. The pool differs from OpenAI's in one way, on purpose: it skips the positional embedding
+(which only exists for 7 x 7 feature maps) so that any resolution can be scored, as the official scorer
+does. Parity with open_clip and pyiqa on the same weights is tested.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 #: Blocks per stage of RN50.
@@ -50,9 +53,11 @@ class Bottleneck(nn.Module):
 
 
 class AttentionPool(nn.Module):
-    """The attention pool's weights; the pooling itself is :func:`qualiclip_metric.model.attention_pool`.
+    """CLIP's attention pooling without the positional embedding, so any H x W works.
 
     ``positional_embedding`` is kept so checkpoints load and save unchanged, but the score never adds it.
+    Only the mean token's query is computed: the output is that token alone, and skipping the other
+    queries keeps memory linear in the number of spatial positions.
     """
 
     def __init__(self, spatial_size: int, channels: int, num_heads: int, output_dim: int) -> None:
@@ -63,6 +68,23 @@ class AttentionPool(nn.Module):
         self.v_proj = nn.Linear(channels, channels)
         self.c_proj = nn.Linear(channels, output_dim)
         self.num_heads = num_heads
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) feature map to the (N, output_dim) pooled token that attends from its mean."""
+        n, c = x.shape[:2]
+        tokens = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+        mean = tokens.mean(dim=1, keepdim=True)  # (N, 1, C)
+        sequence = torch.cat([mean, tokens], dim=1)  # (N, HW + 1, C)
+        heads = self.num_heads
+
+        def split_heads(t: Tensor) -> Tensor:
+            return t.unflatten(-1, (heads, c // heads)).transpose(1, 2)  # (N, heads, L, C / heads)
+
+        query = split_heads(self.q_proj(mean))
+        key = split_heads(self.k_proj(sequence))
+        value = split_heads(self.v_proj(sequence))
+        pooled = F.scaled_dot_product_attention(query, key, value)  # (N, heads, 1, C / heads)
+        return self.c_proj(pooled.transpose(1, 2).reshape(n, c))
 
 
 class ModifiedResNet(nn.Module):
@@ -98,11 +120,22 @@ class ModifiedResNet(nn.Module):
         """The four residual stages, in order."""
         return (self.layer1, self.layer2, self.layer3, self.layer4)
 
-    def trunk(self, x: Tensor) -> Tensor:
-        """Stem and residual stages: the (N, 2048, H/32, W/32) feature map the attention pool reads."""
+    def forward(self, x: Tensor, checkpointing: bool = False) -> Tensor:
+        """Normalized images (N, 3, H, W) to (N, output_dim) embeddings (not L2-normalized)."""
+        return self.attnpool(self.trunk(x, checkpointing=checkpointing))
+
+    def trunk(self, x: Tensor, checkpointing: bool = False) -> Tensor:
+        """Stem and residual stages: the (N, 2048, H/32, W/32) feature map the attention pool reads.
+
+        ``checkpointing`` recomputes each residual stage in the backward pass instead of storing its
+        activations (it has no effect where gradients are off); the values are the same either way.
+        """
         x = self.stem(x)
         for stage in self.stages:
-            x = stage(x)
+            if checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
         return x
 
     def stem(self, x: Tensor) -> Tensor:

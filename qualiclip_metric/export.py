@@ -67,10 +67,10 @@ class ScorerGraph(nn.Module):
         self.dtype = dtype
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        from qualiclip_metric.model import antonym_probabilities, attention_pool
+        from qualiclip_metric.model import antonym_probabilities
 
         x = ((images - self.pixel_mean) / self.pixel_std).to(self.dtype)
-        pooled = attention_pool(self.visual.attnpool, self.visual.trunk(x))
+        pooled = self.visual(x)
         features = F.normalize(pooled.float(), dim=-1)
         probabilities = antonym_probabilities(features, self.prompt_features, self.scale)
         return (probabilities.mean(dim=-1), probabilities, features)[: self.outputs]

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from qualiclip_metric.backbone import ModifiedResNet
+from qualiclip_metric.backbone import AttentionPool, ModifiedResNet
 from qualiclip_metric.config import (
     EMBED_DIM,
     PromptPair,
@@ -33,31 +32,14 @@ if TYPE_CHECKING:
     from qualiclip_metric.runtimes import ExportedScorer
 
 
-def build_image_tower() -> nn.Module:
+def build_image_tower() -> ModifiedResNet:
     """CLIP's RN50 image tower (the same for RN50 and RN50-quickgelu), with OpenAI's parameter names."""
     return ModifiedResNet(output_dim=EMBED_DIM)
 
 
-def attention_pool(pool: nn.Module, x: Tensor) -> Tensor:
-    """CLIP's attention pooling without the positional embedding, so any H x W works.
-
-    Only the mean token's query is computed: the output is that token alone, and skipping the other
-    queries keeps memory linear in the number of spatial positions.
-    """
-    n, c = x.shape[:2]
-    tokens = x.flatten(2).transpose(1, 2)  # (N, HW, C)
-    mean = tokens.mean(dim=1, keepdim=True)  # (N, 1, C)
-    sequence = torch.cat([mean, tokens], dim=1)  # (N, HW + 1, C)
-    heads = pool.num_heads
-
-    def split_heads(t: Tensor) -> Tensor:
-        return t.unflatten(-1, (heads, c // heads)).transpose(1, 2)  # (N, heads, L, C / heads)
-
-    query = split_heads(pool.q_proj(mean))
-    key = split_heads(pool.k_proj(sequence))
-    value = split_heads(pool.v_proj(sequence))
-    pooled = F.scaled_dot_product_attention(query, key, value)  # (N, heads, 1, C / heads)
-    return pool.c_proj(pooled.transpose(1, 2).reshape(n, c))
+def attention_pool(pool: AttentionPool, x: Tensor) -> Tensor:
+    """``pool(x)``: CLIP's attention pooling without the positional embedding (see :class:`AttentionPool`)."""
+    return pool(x)
 
 
 def antonym_probabilities(features: Tensor, prompts_features: Tensor, scale: float) -> Tensor:
@@ -273,17 +255,11 @@ class QualiCLIP(nn.Module):
         fused = self._fused_trunk(x)
         if fused is not None:
             with self._compute_context(x.device.type, autocast=False):
-                features = attention_pool(self.visual.attnpool, fused(x).to(self.mean.dtype))
+                features = self.visual.attnpool(fused(x).to(self.mean.dtype))
             return F.normalize(features.float(), dim=-1)
         with self._compute_context(x.device.type):
             x = x.to(self.visual.conv1.weight.dtype) if not torch.is_autocast_enabled(x.device.type) else x
-            x = self.visual.stem(x)
-            for stage in self.visual.stages:
-                if self.grad_checkpointing and torch.is_grad_enabled():
-                    x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
-                else:
-                    x = stage(x)
-            features = attention_pool(self.visual.attnpool, x)
+            features = self.visual(x, checkpointing=self.grad_checkpointing)
         return F.normalize(features.float(), dim=-1)
 
     def pair_probabilities_from_features(self, features: Tensor) -> Tensor:
