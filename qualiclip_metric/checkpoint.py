@@ -19,9 +19,10 @@ import pickle
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -186,13 +187,52 @@ def _config_from_metadata(metadata: dict[str, str], origin: str) -> QualiCLIPCon
         raise CheckpointError(f"{origin}: invalid config in safetensors metadata: {err}") from err
 
 
-def verify_files(directory: Path, config: QualiCLIPConfig, names: list[str], verify: Verify = True) -> None:
-    """Compare each file's sha256 with the value recorded in ``config.json`` (see :mod:`~.integrity`)."""
+def verify_files(
+    directory: Path,
+    config: QualiCLIPConfig | Mapping[str, str],
+    names: Sequence[str],
+    verify: Verify = True,
+    *,
+    config_file: str = CONFIG_FILE,
+) -> None:
+    """Compare each file's sha256 with the value recorded in the layout's config (see :mod:`~.integrity`).
+
+    ``config`` is a :class:`QualiCLIPConfig` or the ``files`` record (sha256 by file name) of any layout.
+    """
+    recorded = config.files if isinstance(config, QualiCLIPConfig) else config
     for name in names:
-        expected = config.files.get(name)
+        expected = recorded.get(name)
         if expected is None:
-            raise CheckpointError(f"{directory / CONFIG_FILE}: records no sha256 for {name}")
+            raise CheckpointError(f"{directory / config_file}: records no sha256 for {name}")
         verify_sha256(directory / name, expected, verify=verify)
+
+
+def read_tensor_layout(
+    directory: str | os.PathLike, names: Sequence[str], *, config_file: str = CONFIG_FILE, verify: Verify = True
+) -> tuple[dict[str, StateDict], dict[str, Any]]:
+    """The tensors of the named files of a layout folder, each checked against its recorded sha256, and its config.
+
+    The layout is what :func:`write_tensor_layout` writes, QualiCLIP's and the baselines' alike.
+
+    Raises:
+        CheckpointError: the config is missing or invalid, a file is missing, damaged or has no recorded hash.
+    """
+    directory = Path(directory).expanduser()
+    config_path = directory / config_file
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory}: no {config_file}; not a folder written by this project's exports")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{config_path}: not a readable JSON config: {err}") from err
+    files = config.get("files") if isinstance(config, dict) else None
+    if not isinstance(files, dict):
+        raise CheckpointError(f'{config_path}: records no sha256 of its files ("files"); export it again')
+    for name in names:
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory}: {name} is missing")
+    verify_files(directory, files, names, verify, config_file=config_file)
+    return {name: read_safetensors(directory / name)[0] for name in names}, config
 
 
 def read_layout(directory: Path, *, need_text: bool = False, verify: Verify = True) -> Checkpoint:
@@ -308,6 +348,46 @@ def staged_folder(directory: str | os.PathLike, *, overwrite: bool = False) -> I
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def write_tensor_layout(
+    directory: str | os.PathLike,
+    tensor_files: Mapping[str, Mapping[str, Tensor]],
+    config: Mapping[str, Any],
+    *,
+    config_file: str = CONFIG_FILE,
+    metadata: Mapping[str, Mapping[str, str]] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a layout folder: safetensors files and a JSON config recording the sha256 of each under ``files``.
+
+    The one export layout of the project (QualiCLIP's, RankIQA's and Re-IQA's); ``config`` carries what
+    rebuilds the model and its ``provenance``. The folder is filled as a temporary sibling and renamed into
+    place (:func:`staged_folder`), so readers never see a half-written export.
+
+    Args:
+        directory: the folder to write.
+        tensor_files: tensors by file name (``model.safetensors``: ``{"fc.weight": ...}``).
+        config: JSON-ready description; its ``files`` entry is replaced by the hashes of ``tensor_files``.
+        config_file: name of the JSON file.
+        metadata: safetensors header metadata by file name.
+        overwrite: replace an existing ``directory``.
+
+    Raises:
+        FileExistsError: ``directory`` exists and ``overwrite`` is not set.
+
+    Examples:
+        >>> write_tensor_layout("export", {"model.safetensors": net.state_dict()}, {"arch": "vgg16"})  # doctest: +SKIP
+    """
+    metadata = metadata or {}
+    with staged_folder(directory, overwrite=overwrite) as staging:
+        files = {}
+        for name, tensors in tensor_files.items():
+            _save_safetensors(dict(tensors), staging / name, dict(metadata.get(name, {"format": "pt"})))
+            files[name] = sha256_file(staging / name)
+        record = {**config, "files": files}
+        (staging / config_file).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return Path(directory)
+
+
 def write_layout(
     checkpoint: Checkpoint, directory: str | os.PathLike, *, include_text: bool = True, overwrite: bool = False
 ) -> Path:
@@ -315,17 +395,15 @@ def write_layout(
 
     An existing ``directory`` raises :class:`FileExistsError` unless ``overwrite`` is set.
     """
-    with staged_folder(directory, overwrite=overwrite) as staging:
-        base_config = replace(checkpoint.config, files={})
-        metadata = {"format": base_config.format, "qualiclip_config": base_config.to_json()}
-        files = {}
-        _save_safetensors(checkpoint.image_state, staging / MODEL_FILE, metadata)
-        files[MODEL_FILE] = sha256_file(staging / MODEL_FILE)
-        if include_text and checkpoint.text_state:
-            _save_safetensors(checkpoint.text_state, staging / TEXT_FILE, {"format": base_config.format})
-            files[TEXT_FILE] = sha256_file(staging / TEXT_FILE)
-        (staging / CONFIG_FILE).write_text(replace(base_config, files=files).to_json(), encoding="utf-8")
-    return Path(directory)
+    base_config = replace(checkpoint.config, files={})
+    tensor_files = {MODEL_FILE: checkpoint.image_state}
+    metadata = {
+        MODEL_FILE: {"format": base_config.format, "qualiclip_config": base_config.to_json()},
+        TEXT_FILE: {"format": base_config.format},
+    }
+    if include_text and checkpoint.text_state:
+        tensor_files[TEXT_FILE] = checkpoint.text_state
+    return write_tensor_layout(directory, tensor_files, base_config.to_dict(), metadata=metadata, overwrite=overwrite)
 
 
 def write_official(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from qualiclip_metric import CheckpointError
 from qualiclip_metric.evaluation import random_splits
 from training.engine import EngineConfig, build_optimizer, read_metrics
 from training.rankiqa import model as model_module
@@ -231,6 +232,14 @@ def test_export_round_trip_scores_like_the_network(tmp_path):
     expected = net(random_crops(image, 32, 3, generator)).mean().item()
     assert loaded(image).item() == pytest.approx(expected, abs=1e-5)
     assert loaded(image[None]).item() == loaded(image).item()  # crops depend on the seed only
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["provenance"]["trained_with"] == "training.rankiqa" and set(saved["files"]) == {"model.safetensors"}
+    weights = tmp_path / "model.safetensors"
+    damaged = bytearray(weights.read_bytes())
+    damaged[-1] ^= 0xFF
+    weights.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: sha256 mismatch"):
+        RankIQA.from_pretrained(tmp_path)
 
 
 def test_random_init_is_seeded_and_imagenet_failure_is_explained(monkeypatch, caplog):

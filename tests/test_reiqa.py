@@ -17,8 +17,10 @@ from PIL import Image
 
 from training.engine import load_training_state
 from training.reiqa.data import ChunkConfig, ChunkDataset, collate_chunks
+from training.reiqa.features import encoder_from_spec
 from training.reiqa.model import CheckpointError, MoCoConfig, QualityMoCo, info_nce, load_trunk
 from training.reiqa.regressor import RidgeRegressor, _ridge_solutions, split_evaluation
+from training.reiqa.task import export_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 PRISTINE = ROOT / "tests" / "data" / "pristine"
@@ -266,6 +268,43 @@ def test_content_only_features_leak_unless_splits_follow_the_contents():
     assert leaky["splits"]["median"]["srcc"] > 0.9
     assert abs(grouped["splits"]["median"]["srcc"]) < 0.35 and grouped["protocol"]["by_content"]
     assert all(row["alpha"] in RidgeRegressor().alphas for row in grouped["splits"]["per_split"])
+
+
+def test_saved_regressor_predicts_alike_and_refuses_damage(tmp_path):
+    rng = np.random.default_rng(3)
+    features, target = rng.normal(size=(50, 8)), rng.normal(size=50)
+    model = RidgeRegressor().fit(features, target)
+    model.save(tmp_path / "regressor", {"fitted_on": {"count": 50}})
+    loaded, record = RidgeRegressor.load(tmp_path / "regressor")
+    np.testing.assert_array_equal(loaded.predict(features), model.predict(features))
+    assert record["fitted_on"] == {"count": 50} and set(record["files"]) == {"regressor.safetensors"}
+    tensors = tmp_path / "regressor" / "regressor.safetensors"
+    damaged = bytearray(tensors.read_bytes())
+    damaged[-1] ^= 0xFF
+    tensors.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match=r"regressor\.safetensors: sha256 mismatch"):
+        RidgeRegressor.load(tmp_path / "regressor")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "notes.txt").write_text("kept")
+    with pytest.raises(FileExistsError, match="holds other files"):
+        model.save(tmp_path / "shared", {})
+    assert (tmp_path / "shared" / "notes.txt").read_text() == "kept"
+
+
+def test_encoder_export_loads_and_refuses_damage(tmp_path):
+    moco = tiny_moco()
+    export_encoder(moco, tmp_path, {"trained_with": "a test"})
+    trunk, info = encoder_from_spec(str(tmp_path))
+    assert info["arch"] == "resnet18" and torch.equal(trunk.conv1.weight, moco.trunk.conv1.weight)
+    saved = json.loads((tmp_path / "quality_encoder.json").read_text())
+    assert saved["provenance"] == {"trained_with": "a test"}
+    assert set(saved["files"]) == {"quality_encoder.safetensors", "projection_head.safetensors"}
+    weights = tmp_path / "quality_encoder.safetensors"
+    damaged = bytearray(weights.read_bytes())
+    damaged[-1] ^= 0xFF
+    weights.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match=r"quality_encoder\.safetensors: sha256 mismatch"):
+        encoder_from_spec(str(tmp_path))
 
 
 def test_ridge_regularises_more_when_features_are_noise():

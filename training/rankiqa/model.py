@@ -6,7 +6,6 @@ export, a bare safetensors file, or a torchvision VGG-16 state dict (its 1000-cl
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import vgg
 
-from qualiclip_metric.checkpoint import read_state_dict
+from qualiclip_metric.checkpoint import read_state_dict, read_tensor_layout
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +104,18 @@ def _imagenet_state(arch: Architecture) -> dict[str, Tensor]:
 
 
 def read_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, object]]:
-    """Weights and (for our export directories) the saved config from a local path; never unpickles code."""
+    """Weights and (for our export directories) the saved config from a local path; never unpickles code.
+
+    An export directory's weights are checked against the sha256 its ``config.json`` records.
+
+    Raises:
+        CheckpointError: the file is missing or unreadable, or an export's file is damaged.
+    """
     path = Path(path).expanduser()
-    config: dict[str, object] = {}
     if path.is_dir():
-        config_path = path / CONFIG_FILE
-        if config_path.is_file():
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        path = path / WEIGHTS_FILE
-    return read_state_dict(path), config
+        tensors, config = read_tensor_layout(path, [WEIGHTS_FILE], config_file=CONFIG_FILE)
+        return tensors[WEIGHTS_FILE], config
+    return read_state_dict(path), {}
 
 
 def load_into(model: RankIQANet, state: dict[str, Tensor], origin: str) -> None:

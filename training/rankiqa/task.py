@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from qualiclip_metric.checkpoint import write_tensor_layout
 from qualiclip_metric.datasets import IQADataset, read_csv_dataset
 from qualiclip_metric.errors import ImageLoadError
 from qualiclip_metric.evaluation import Protocol, correlations, dataset_splits
@@ -29,7 +29,7 @@ from training.rankiqa.data import (
 )
 from training.rankiqa.inference import RankIQA, TestConfig
 from training.rankiqa.losses import Reduction, batch_hinge_loss
-from training.rankiqa.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, RankIQANet, build_model
+from training.rankiqa.model import WEIGHTS_FILE, ModelConfig, RankIQANet, build_model
 from training.validation import ValidationConfig, iqa_dataset, pristine_split, run_validation
 
 log = logging.getLogger(__name__)
@@ -173,12 +173,8 @@ class RankIQATask:
         }
 
     def export(self, model: RankIQATrainingModule, directory: Path) -> None:
-        """``model.safetensors`` (the network) and ``config.json`` (architecture, test procedure, MOS scaling)."""
-        from safetensors.torch import save_file
-
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {key: value.detach().cpu().contiguous() for key, value in model.net.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        """``model.safetensors`` (the network) and ``config.json`` (architecture, test procedure, MOS scaling,
+        the sha256 of the weights and the training configuration as provenance)."""
         saved = {
             "model_type": "rankiqa",
             "arch": model.net.arch,
@@ -187,6 +183,6 @@ class RankIQATask:
             "test": config_io.to_dict(self.config.test),
             "target_mean": self.target_mean,
             "target_std": self.target_std,
-            "training_config": config_io.to_dict(self.config),
+            "provenance": {"trained_with": "training.rankiqa", "config": config_io.to_dict(self.config)},
         }
-        (directory / CONFIG_FILE).write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
+        write_tensor_layout(directory, {WEIGHTS_FILE: model.net.state_dict()}, saved, overwrite=True)

@@ -7,7 +7,6 @@ content-full, content-half, quality-full, quality-half. The half scale is the im
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qualiclip_metric.checkpoint import read_tensor_layout
 from qualiclip_metric.inputs import ImageLoadError, load_image, resize_longer_side
-from training.reiqa.model import ResNetTrunk, load_trunk
+from training.reiqa.model import ResNetTrunk, load_trunk, trunk_from_state
 
 #: Names of the quality-encoder export inside ``<output_dir>/export``.
 ENCODER_FILE = "quality_encoder.safetensors"
@@ -29,17 +29,19 @@ def encoder_from_spec(spec: str, arch: str = "resnet50") -> tuple[ResNetTrunk, d
     """A trunk from ``random`` / ``random:SEED``, an export folder, or a weights file; and how it was made.
 
     An export folder's JSON names its architecture, which then overrides ``arch``.
+
+    Raises:
+        CheckpointError: the file or export cannot be used (missing, damaged, not a trunk of ``arch``).
     """
     if spec == "random" or spec.startswith("random:"):
         seed = int(spec.partition(":")[2] or 0)
         return load_trunk(arch, None, seed=seed).eval(), {"source": "random", "seed": seed, "arch": arch}
     path = Path(spec)
-    if path.is_dir():
-        config_file = path / ENCODER_CONFIG
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{path}: not a quality-encoder export (no {ENCODER_CONFIG})")
-        arch = json.loads(config_file.read_text(encoding="utf-8"))["arch"]
-        path = path / ENCODER_FILE
+    if path.is_dir():  # an export: its files are checked against the hashes its config records
+        tensors, saved = read_tensor_layout(path, [ENCODER_FILE], config_file=ENCODER_CONFIG)
+        arch = str(saved["arch"])
+        trunk = trunk_from_state(arch, tensors[ENCODER_FILE], str(path / ENCODER_FILE))
+        return trunk.eval(), {"source": str((path / ENCODER_FILE).resolve()), "arch": arch}
     return load_trunk(arch, path, seed=0).eval(), {"source": str(path.resolve()), "arch": arch}
 
 

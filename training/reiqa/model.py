@@ -78,26 +78,31 @@ def trunk_state(state: Mapping[str, Tensor], source: str = "checkpoint") -> dict
     return trunk
 
 
-def load_trunk(arch: str, checkpoint: str | Path | None, *, seed: int = 0) -> ResNetTrunk:
-    """A trunk from a local weights file, or (``checkpoint=None``) randomly initialised from ``seed``.
+def trunk_from_state(arch: str, state: Mapping[str, Tensor], origin: str) -> ResNetTrunk:
+    """A trunk holding the tensors of ``state`` (any layout :func:`trunk_state` reads).
 
-    Every trunk tensor must be present in the file with the right shape; a partial match is an error,
-    not a silent random layer.
+    Every trunk tensor must be present with the right shape; a partial match is an error, not a silent
+    random layer.
     """
-    if checkpoint is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return ResNetTrunk(arch)
     trunk = ResNetTrunk(arch)
-    state = trunk_state(read_state_dict(checkpoint), str(checkpoint))
+    state = trunk_state(state, origin)
     expected = trunk.state_dict()
     missing = sorted(set(expected) - set(state))
     wrong = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
     if missing or wrong:
         details = (f"missing {missing[:4]}" if missing else "") + (f" wrong shapes {wrong[:4]}" if wrong else "")
-        raise CheckpointError(f"{checkpoint}: not a {arch} trunk: {details.strip()}")
+        raise CheckpointError(f"{origin}: not a {arch} trunk: {details.strip()}")
     trunk.load_state_dict({k: state[k] for k in expected})
     return trunk
+
+
+def load_trunk(arch: str, checkpoint: str | Path | None, *, seed: int = 0) -> ResNetTrunk:
+    """A trunk from a local weights file, or (``checkpoint=None``) randomly initialised from ``seed``."""
+    if checkpoint is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return ResNetTrunk(arch)
+    return trunk_from_state(arch, read_state_dict(checkpoint), str(checkpoint))
 
 
 class ProjectionHead(nn.Sequential):

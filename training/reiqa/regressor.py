@@ -12,7 +12,6 @@ per fold serves every candidate strength: on 480 images x 2048 features the fit 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,14 +103,22 @@ class RidgeRegressor:
         return self._standardise(np.asarray(features, dtype=np.float64)) @ self.weights + self.intercept
 
     def save(self, directory: str | Path, metadata: dict[str, Any]) -> None:
-        """``regressor.safetensors`` (weights, mean, scale) and ``regressor.json`` (alpha, intercept, metadata)."""
-        from safetensors.numpy import save_file
+        """``regressor.safetensors`` (weights, mean, scale) and ``regressor.json`` (alpha, intercept, metadata).
+
+        The project's export layout (:func:`qualiclip_metric.checkpoint.write_tensor_layout`): the JSON
+        records the sha256 of the tensors, and ``load`` checks it. The folder is replaced as a whole, so
+        one holding other files is refused.
+        """
+        import torch
+
+        from qualiclip_metric.checkpoint import write_tensor_layout
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {"weights": self.weights, "mean": self.mean, "scale": self.scale}, str(directory / "regressor.safetensors")
-        )
+        own = {"regressor.json", "regressor.safetensors"}
+        if directory.is_dir() and any(path.name not in own for path in directory.iterdir()):
+            raise FileExistsError(f"{directory} holds other files; the regressor needs a folder of its own")
+        arrays = {"weights": self.weights, "mean": self.mean, "scale": self.scale}
+        tensors = {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in arrays.items()}
         record = {
             "alpha": self.alpha,
             "intercept": self.intercept,
@@ -120,11 +127,19 @@ class RidgeRegressor:
             "cv_errors": self.cv_errors,
             **metadata,
         }
-        (directory / "regressor.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_tensor_layout(
+            directory, {"regressor.safetensors": tensors}, record, config_file="regressor.json", overwrite=True
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> tuple[RidgeRegressor, dict[str, Any]]:
-        from safetensors.numpy import load_file
+        """A saved regressor and its record, its tensors checked against the sha256 the record holds.
+
+        Raises:
+            FileNotFoundError: a file of the folder is missing.
+            CheckpointError: the tensors are damaged, or the record names no hash for them.
+        """
+        from qualiclip_metric.checkpoint import read_tensor_layout
 
         directory = Path(directory)
         for name in ("regressor.json", "regressor.safetensors"):
@@ -132,8 +147,8 @@ class RidgeRegressor:
                 raise FileNotFoundError(
                     f"{directory}: no {name} (write one with training.reiqa.evaluate --save-regressor)"
                 )
-        record = json.loads((directory / "regressor.json").read_text(encoding="utf-8"))
-        arrays = load_file(str(directory / "regressor.safetensors"))
+        tensors, record = read_tensor_layout(directory, ["regressor.safetensors"], config_file="regressor.json")
+        arrays = {name: tensor.numpy() for name, tensor in tensors["regressor.safetensors"].items()}
         model = cls(alphas=tuple(record["alphas"]), folds=record["folds"], alpha=record["alpha"])
         model.weights, model.mean, model.scale = arrays["weights"], arrays["mean"], arrays["scale"]
         model.intercept, model.cv_errors = float(record["intercept"]), list(record["cv_errors"])

@@ -6,15 +6,14 @@ query/key pairs, so one step encodes ``batch_size * pairs_per_item`` queries and
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
+from qualiclip_metric.checkpoint import write_tensor_layout
 from training import config as config_io
 from training.engine import EngineConfig, decay_groups
 from training.reiqa.data import ChunkConfig, ChunkDataset, collate_chunks
@@ -85,18 +84,21 @@ class ReIQATask:
         export_encoder(model, directory, {"trained_with": "training.reiqa", "config": config_io.to_dict(self.config)})
 
 
-def export_encoder(model: QualityMoCo, directory: Path, metadata: dict[str, Any]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    trunk = {name: tensor.detach().cpu().contiguous() for name, tensor in model.trunk.state_dict().items()}
-    head = {name: tensor.detach().cpu().contiguous() for name, tensor in model.head.state_dict().items()}
-    save_file(trunk, str(directory / ENCODER_FILE), metadata={"arch": model.config.arch})
-    save_file(head, str(directory / HEAD_FILE))
+def export_encoder(model: QualityMoCo, directory: Path, provenance: dict[str, Any]) -> None:
+    """The query trunk (torchvision key names) and its head, with a JSON config recording their sha256."""
     record = {
         "arch": model.config.arch,
         "feature_dim": model.trunk.feature_dim,
         "embedding_dim": model.config.embedding_dim,
         "hidden_dim": model.config.hidden_dim,
         "input": "RGB in [0, 1]; ImageNet mean/std normalisation is applied inside the trunk",
-        **metadata,
+        "provenance": provenance,
     }
-    (directory / ENCODER_CONFIG).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_tensor_layout(
+        directory,
+        {ENCODER_FILE: model.trunk.state_dict(), HEAD_FILE: model.head.state_dict()},
+        record,
+        config_file=ENCODER_CONFIG,
+        metadata={ENCODER_FILE: {"arch": model.config.arch}},
+        overwrite=True,
+    )
