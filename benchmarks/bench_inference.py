@@ -202,7 +202,7 @@ class Scorers:
                 self.models[(mode, precision)] = model
         # pyiqa's defaults, to check its built-in metric: temperature 2 and the checkpoint's logit scale.
         self.pyiqa_defaults = QualiCLIP.from_pretrained(layout, device=device, temperature=2.0)
-        self.pyiqa_defaults.score_logit_scale = float(self.pyiqa_defaults.logit_scale.exp())
+        self.pyiqa_defaults.set_score_logit_scale(float(self.pyiqa_defaults.logit_scale.exp()))
 
     def precisions(self, mode: str) -> list[str]:
         if mode in BACKEND_MODES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,13 @@ ARCHITECTURE = "RN50-quickgelu"
 EMBED_DIM = 1024
 #: The official scorer multiplies cosine similarities by a fixed 100, not by the learned logit scale.
 SCORE_LOGIT_SCALE = 100.0
+
+
+def positive_finite(name: str, value: object) -> float:
+    """``value`` as a float, or an error naming argument ``name`` for 0, negatives, infinities, NaN or non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < math.inf:
+        raise ValueError(f"Argument `{name}` must be a positive finite number, but got {value!r}")
+    return float(value)
 
 
 def pair_name(pair: PromptPair) -> str:
@@ -64,7 +72,11 @@ def validate_prompt_pairs(pairs: Any) -> tuple[PromptPair, ...]:
 
 @dataclass
 class QualiCLIPConfig:
-    """Everything needed to rebuild the scorer besides the tensors themselves."""
+    """Everything needed to rebuild the scorer besides the tensors themselves.
+
+    A :class:`~qualiclip_metric.model.QualiCLIP` scores with its ``config``: its prompt pairs,
+    temperature and score scale are read from it, and changing them replaces it.
+    """
 
     prompt_pairs: tuple[PromptPair, ...] = DEFAULT_PROMPT_PAIRS
     temperature: float = 1.0
@@ -86,8 +98,8 @@ class QualiCLIPConfig:
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
         if self.architecture != ARCHITECTURE:
             raise ValueError(f"unsupported architecture {self.architecture!r}; expected {ARCHITECTURE!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        self.temperature = positive_finite("temperature", self.temperature)
+        self.score_logit_scale = positive_finite("score_logit_scale", self.score_logit_scale)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qualiclip_metric.config import positive_finite
 from qualiclip_metric.errors import ImageLoadError
 
 if TYPE_CHECKING:
@@ -34,20 +35,21 @@ IMAGE_SUFFIXES = frozenset(
 ImageLike = Union[Tensor, "Image.Image", str, os.PathLike]
 
 
-def _positive_finite(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < float("inf"):
-        raise ValueError(f"Argument `{name}` must be a positive finite number, but got {value!r}")
-    return float(value)
-
-
 def validate_data_range(value: object) -> float:
     """``data_range`` as a float, or a clear error for zero, negative, infinite, NaN or non-numbers."""
-    return _positive_finite("data_range", value)
+    return positive_finite("data_range", value)
 
 
 def validate_temperature(value: object) -> float:
     """The softmax temperature as a float; 0, negative, infinite and NaN values are refused."""
-    return _positive_finite("temperature", value)
+    return positive_finite("temperature", value)
+
+
+def validate_threads(value: object) -> int | None:
+    """A thread count: None (follow ``torch.get_num_threads()``) or a positive integer; 0 is refused."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"Argument `threads` must be a positive integer or None, but got {value!r}")
+    return value
 
 
 def validate_max_size(value: object) -> int | None:

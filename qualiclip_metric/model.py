@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ from qualiclip_metric.config import (
     validate_prompt_pairs,
 )
 from qualiclip_metric.errors import CheckpointError
-from qualiclip_metric.inputs import as_image_batch, validate_temperature
+from qualiclip_metric.inputs import as_image_batch, validate_threads
 from qualiclip_metric.integrity import Verify
 from qualiclip_metric.precision import PRECISIONS, Precision, compute_context, validate_precision
 from qualiclip_metric.precision import cuda_tf32 as cuda_tf32  # re-exported: it lived here before precision.py
@@ -62,7 +63,7 @@ class QualiCLIP(nn.Module):
     def __init__(
         self,
         prompt_pairs: Sequence[PromptPair] | None = None,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         precision: Precision = "fp32",
         config: QualiCLIPConfig | None = None,
         fast: bool = False,
@@ -71,23 +72,25 @@ class QualiCLIP(nn.Module):
         threads: int | None = None,
     ) -> None:
         super().__init__()
-        self.config = config or QualiCLIPConfig()
+        #: What the model scores with: prompt pairs, temperature and score scale are read from here, and
+        #: :meth:`set_prompts`, :attr:`temperature` and :meth:`set_score_logit_scale` replace it (a copy of
+        #: the ``config`` given, so the model never changes a checkpoint's config).
+        self.config = replace(QualiCLIPConfig() if config is None else config)
+        if prompt_pairs is not None:
+            self.config = replace(self.config, prompt_pairs=validate_prompt_pairs(prompt_pairs))
+        if temperature is not None:
+            self.temperature = temperature
         #: Where the weights were read from (set by :meth:`from_pretrained`).
         self.source: str | None = None
         self.visual = build_image_tower()
-        pairs = validate_prompt_pairs(prompt_pairs or self.config.prompt_pairs)
-        self.prompt_pairs: tuple[PromptPair, ...] = pairs
+        pairs = self.config.prompt_pairs
         # Normalized text features of the prompts, positive then negative for every pair.
         self.register_buffer("prompts_features", torch.zeros(2 * len(pairs), EMBED_DIM))
         # CLIP's learned scale, kept for lossless conversions; the official score uses a fixed 100.
         self.register_buffer("logit_scale", torch.tensor(math.log(self.config.score_logit_scale)))
         self.register_buffer("mean", torch.tensor(self.config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.config.std).view(1, 3, 1, 1), persistent=False)
-        self.temperature = temperature
         self.precision = precision
-        #: Multiplies cosine similarities before the softmax: 100 in the official scorer; pyiqa uses
-        #: exp(logit_scale) from the checkpoint instead.
-        self.score_logit_scale = self.config.score_logit_scale
         #: Recompute the residual stages in the backward pass instead of storing their activations.
         self.grad_checkpointing = False
         #: Score through an inference-only trunk with BatchNorm folded, channels-last and weights in the
@@ -111,12 +114,35 @@ class QualiCLIP(nn.Module):
     # -- configuration -------------------------------------------------------------------------
 
     @property
+    def prompt_pairs(self) -> tuple[PromptPair, ...]:
+        """The antonym pairs, positive prompt first (:attr:`config`'s; :meth:`set_prompts` changes them)."""
+        return self.config.prompt_pairs
+
+    @property
     def temperature(self) -> float:
-        return self._temperature
+        """Softmax temperature (:attr:`config`'s): 1 in the official scorer, 2 in pyiqa's numbers."""
+        return self.config.temperature
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        self._temperature = validate_temperature(value)
+        self.config = replace(self.config, temperature=value)  # validated by the config
+
+    @property
+    def score_logit_scale(self) -> float:
+        """Multiplies cosine similarities before the softmax (:attr:`config`'s).
+
+        100 in the official scorer; pyiqa uses exp(logit_scale) of the checkpoint instead (see
+        :meth:`set_score_logit_scale`).
+        """
+        return self.config.score_logit_scale
+
+    def set_score_logit_scale(self, value: float) -> None:
+        """Score with ``value`` times the cosine similarities, e.g. ``float(model.logit_scale.exp())`` as pyiqa.
+
+        Raises:
+            ValueError: ``value`` is not a positive finite number.
+        """
+        self.config = replace(self.config, score_logit_scale=value)  # validated by the config
 
     @property
     def precision(self) -> Precision:
@@ -140,9 +166,7 @@ class QualiCLIP(nn.Module):
 
     @threads.setter
     def threads(self, value: int | None) -> None:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"Argument `threads` must be a positive integer or None, but got {value!r}")
-        self._threads = value
+        self._threads = validate_threads(value)
 
     @property
     def pair_names(self) -> list[str]:
@@ -300,7 +324,7 @@ class QualiCLIP(nn.Module):
                 f"prompt features for {len(pairs)} pairs must have shape ({2 * len(pairs)}, {EMBED_DIM}), "
                 f"got {tuple(features.shape)}"
             )
-        self.prompt_pairs = pairs
+        self.config = replace(self.config, prompt_pairs=pairs)
         self.prompts_features = F.normalize(features.detach().float(), dim=-1).to(self.device)
 
     def load_image_state(self, state: Mapping[str, Tensor], origin: str = "state dict") -> None:
@@ -362,7 +386,7 @@ class QualiCLIP(nn.Module):
         with torch.device("meta"):
             model = cls(
                 config=config,
-                temperature=config.temperature if temperature is None else temperature,
+                temperature=temperature,
                 precision=precision,
                 fast=fast,
                 compiled=compiled,

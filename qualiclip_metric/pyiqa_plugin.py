@@ -108,7 +108,7 @@ class QualiCLIPMetricArch(nn.Module):
             threads=threads,
         )
         if logit_scale == "checkpoint":
-            self.model.score_logit_scale = float(self.model.logit_scale.exp())
+            self.model.set_score_logit_scale(float(self.model.logit_scale.exp()))
 
     def train(self, mode: bool = True) -> QualiCLIPMetricArch:
         super().train(mode)

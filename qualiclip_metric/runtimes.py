@@ -36,6 +36,7 @@ from qualiclip_metric.export import (
     read_description,
     weights_sha256,
 )
+from qualiclip_metric.inputs import validate_threads
 from qualiclip_metric.integrity import Verify
 from qualiclip_metric.machine import has_amx_bf16
 from qualiclip_metric.precision import PRECISIONS
@@ -145,10 +146,11 @@ class ExportedScorer:
         precision: str | None = None,
         verify: Verify = True,
     ) -> None:
+        threads = validate_threads(threads)  # before reading anything
+        threads = torch.get_num_threads() if threads is None else threads
         self.directory = Path(directory)
         self.description = read_description(self.directory, verify=verify)
         self.output_names = [output["name"] for output in self.description["outputs"]]
-        threads = threads or torch.get_num_threads()
         model_file = str(self.directory / MODEL_FILES[self.description["format"]][0])
         if self.description["format"] == "openvino":
             import openvino as ov

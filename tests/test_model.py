@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import make_images
 
-from qualiclip_metric import DEFAULT_PROMPT_PAIRS, QualiCLIP
+from qualiclip_metric import DEFAULT_PROMPT_PAIRS, QualiCLIP, QualiCLIPConfig
 from qualiclip_metric.checkpoint import read_checkpoint, write_layout
 
 
@@ -82,6 +82,55 @@ def test_invalid_settings_are_rejected(model):
         model.precision = "int8"
     with pytest.raises(ValueError, match="temperature"):
         model.temperature = 0
+
+
+def test_the_config_is_what_the_model_scores_with(model):
+    checkpoint = read_checkpoint_from_model(model)
+    copy = QualiCLIP.from_checkpoint(checkpoint)
+    images = make_images(2, 64, 64, seed=13)
+    copy.temperature = 3
+    copy.set_score_logit_scale(50.0)
+    assert (copy.config.temperature, copy.config.score_logit_scale) == (3.0, 50.0)
+    assert (checkpoint.config.temperature, checkpoint.config.score_logit_scale) == (1.0, 100.0)  # not shared
+    with pytest.raises(AttributeError):
+        copy.score_logit_scale = 1.0  # changed through set_score_logit_scale only, which keeps the config in step
+    with pytest.raises(ValueError, match="Argument `score_logit_scale` must be a positive finite number"):
+        copy.set_score_logit_scale(0.0)
+    # The config travels with the tensors: a model rebuilt from them scores the same.
+    rebuilt = QualiCLIP.from_checkpoint(read_checkpoint_from_model(copy))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images), copy(images))
+        assert not torch.allclose(copy(images), model(images))
+    assert QualiCLIP(config=copy.config).temperature == 3.0
+
+
+def test_set_prompts_updates_the_config(model, clip_parts):
+    copy = QualiCLIP.from_checkpoint(read_checkpoint_from_model(model))
+    pairs = [("Clean.", "Noisy."), ("Sharp.", "Blurry.")]
+    copy.set_prompts(pairs, clip_parts[1][:4])
+    assert copy.config.prompt_pairs == tuple(pairs) == copy.prompt_pairs
+    rebuilt = QualiCLIP.from_checkpoint(read_checkpoint_from_model(copy))
+    assert rebuilt.pair_names == ["Clean./Noisy.", "Sharp./Blurry."]
+    images = make_images(2, 64, 64, seed=14)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.pair_probabilities(images), copy.pair_probabilities(images))
+
+
+@pytest.mark.parametrize("temperature", [0, 0.0, -1.0, float("inf"), float("nan")])
+def test_a_temperature_that_is_not_positive_and_finite_is_refused(model, temperature):
+    message = "Argument `temperature` must be a positive finite number"
+    with pytest.raises(ValueError, match=message):
+        QualiCLIPConfig(temperature=temperature)
+    with pytest.raises(ValueError, match=message):
+        QualiCLIP.from_checkpoint(read_checkpoint_from_model(model), temperature=temperature)
+    with pytest.raises(ValueError, match=message):
+        QualiCLIP(temperature=temperature)
+
+
+def test_empty_options_are_refused_rather_than_replaced_by_defaults():
+    with pytest.raises(ValueError, match="at least one"):
+        QualiCLIP(prompt_pairs=[])
+    assert QualiCLIP(config=QualiCLIPConfig(temperature=2.0)).temperature == 2.0
 
 
 def test_default_prompts_through_the_text_tower_match_stored_features(official_pth, clip_parts, model):

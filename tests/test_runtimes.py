@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from qualiclip_metric import QualiCLIP, QualiCLIPScore, fastest_configuration
-from qualiclip_metric.runtimes import backend_precisions, load_runtime
+from qualiclip_metric.runtimes import ExportedScorer, backend_precisions, load_runtime
 from tests.conftest import make_images
 
 BACKENDS = ["openvino", "onnxruntime"]
@@ -111,6 +111,8 @@ def test_options_that_cannot_apply_are_refused_before_loading(tmp_path):
         QualiCLIP.from_pretrained(missing, backend="openvino", device="cuda")
     with pytest.raises(ValueError, match="apply to the torch backend only"):
         QualiCLIP(backend="openvino", fast=True)
+    with pytest.raises(ValueError, match="Argument `threads` must be a positive integer or None, but got 0"):
+        ExportedScorer(tmp_path / "no-export", threads=0)  # 0 is an error, not "as many as torch uses"
 
 
 def test_a_missing_runtime_says_what_to_install(monkeypatch, tmp_path):
