@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
 import torch
-import torch.nn.functional as F
 
 from qualiclip_metric.machine import cpu_features, cpu_model
 
@@ -26,36 +25,15 @@ PARITY_TOLERANCE = 1e-5
 def random_official_checkpoint(folder: Path) -> Path:
     """A random CLIP RN50 in the official ``qualiclip.pth`` layout (speed does not depend on values).
 
-    Residual branches are switched on (open_clip zero-initialises their last BatchNorm scale) and the
-    BatchNorm statistics are calibrated on smooth random images, so that folding BatchNorm and
-    reducing precision are exercised as with trained weights. The attention pool's query projection
-    is scaled by 1e-3: unscaled, its attention logits reach 1e4 (a trained CLIP's stay in the tens),
-    which makes fp32 scores of some images depend on summation order by 1e-4 in any implementation.
+    The tests' random CLIP (``tests/random_clip.py``: residual branches on, BatchNorm calibrated, prompts
+    encoded), with the attention pool's query projection scaled by 1e-3 so that fp32 parity checks do not
+    depend on summation order.
     """
-    import open_clip
+    sys.path.insert(0, str(ROOT.parent / "tests"))
+    from random_clip import build_random_clip, official_state
 
-    logging.getLogger().setLevel(logging.ERROR)
-    torch.manual_seed(0)
-    clip = open_clip.create_model("RN50-quickgelu", pretrained=None)
-    with torch.no_grad():
-        clip.logit_scale.fill_(math.log(100.0))
-        for name, param in clip.visual.named_parameters():
-            if name.endswith("bn3.weight"):
-                param.normal_(0.5, 0.1)
-            if name.startswith("attnpool.q_proj."):
-                param.mul_(1e-3)
-        for module in clip.visual.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.reset_running_stats()
-                module.momentum = None
-        clip.visual.train()
-        for _ in range(2):
-            coarse = torch.rand(4, 3, 6, 6)
-            clip.visual(F.interpolate(coarse, size=(224, 224), mode="bicubic").clamp(0, 1) * 2 - 1)
-    clip.eval()
-    prompts = F.normalize(torch.randn(14, 1024), dim=-1)
     path = folder / "qualiclip.pth"
-    torch.save({"prompts_features": prompts, **{f"clip_model.{k}": v for k, v in clip.state_dict().items()}}, path)
+    torch.save(official_state(*build_random_clip(attention_query_scale=1e-3)), path)
     return path
 
 

@@ -7,9 +7,10 @@ this works offline.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -20,18 +21,41 @@ from qualiclip_metric.config import ARCHITECTURE, PromptPair, validate_prompt_pa
 from qualiclip_metric.errors import CheckpointError
 
 
+@contextlib.contextmanager
+def quiet_logging(level: int = logging.ERROR) -> Iterator[None]:
+    """Raise the root logger's level to ``level`` inside the block, then restore it.
+
+    open_clip logs through the root logger: a warning for every model built without weights, and a line
+    each time a tokenizer parses its vocabulary.
+    """
+    logger = logging.getLogger()
+    saved = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
+def create_clip(pretrained: str | None = None) -> nn.Module:
+    """open_clip's CLIP RN50 (QuickGELU, as OpenAI's), without the warnings open_clip logs for it.
+
+    Args:
+        pretrained: open_clip's name of the weights (``"openai"`` downloads them), or None for random ones.
+    """
+    import open_clip
+
+    with quiet_logging():
+        return open_clip.create_model(ARCHITECTURE, pretrained=pretrained)
+
+
 @functools.cache
 def _tokenizer() -> Any:
     """open_clip's BPE tokenizer, built once (building it parses the vocabulary and logs each time)."""
     import open_clip
 
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
+    with quiet_logging(logging.WARNING):
         return open_clip.get_tokenizer(ARCHITECTURE)
-    finally:
-        logger.setLevel(level)
 
 
 def tokenize(texts: Sequence[str]) -> Tensor:
@@ -54,15 +78,7 @@ def token_count(text: str) -> int:
 
 def build_text_tower(text_state: Mapping[str, Tensor], origin: str = "text tower") -> nn.Module:
     """open_clip's CLIP without its image tower, holding ``text_state``, frozen and in evaluation mode."""
-    import open_clip
-
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # open_clip logs a warning for every model built without weights
-    try:
-        clip = open_clip.create_model(ARCHITECTURE, pretrained=None)
-    finally:
-        logger.setLevel(level)
+    clip = create_clip()
     del clip.visual
     expected = {k: v.shape for k, v in clip.state_dict().items() if k != "logit_scale"}
     missing = sorted(set(expected) - set(text_state))

@@ -1,14 +1,10 @@
-"""Shared fixtures: a random-weight CLIP RN50 in the official QualiCLIP layout, and images.
+"""Shared fixtures: a random-weight CLIP RN50 in the official QualiCLIP layout (see ``random_clip.py``), and images.
 
-Nothing here downloads. The checkpoint is built with open_clip directly (not with the code under
-test): random weights, BatchNorm statistics calibrated on generated images so that scores spread
-out, ``logit_scale`` = ln 100, and prompt features encoded by open_clip's own text tower.
+Nothing here downloads.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import os
 import shutil
 import tempfile
@@ -18,54 +14,14 @@ from unittest import mock
 
 import pytest
 import torch
-import torch.nn.functional as F
+from random_clip import PROMPT_TEXTS, SEED, build_random_clip, make_images, official_state
 
-from qualiclip_metric.config import DEFAULT_PROMPT_PAIRS
+__all__ = ["PROMPT_TEXTS", "SEED", "build_random_clip", "make_images"]  # imported by tests from here too
 
 # No test may reach the network: huggingface_hub reads this when it is first imported, after this file.
 os.environ["HF_HUB_OFFLINE"] = "1"
 # Converted copies and verification stamps go to the assets cache: never the user's during tests.
 os.environ["HF_ASSETS_CACHE"] = tempfile.mkdtemp(prefix="qualiclip-test-assets-")
-SEED = 1234
-
-
-def make_images(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """Varied test images in [0, 1]: smooth colour fields with noise and blur of random strength."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 3, 4, 5, generator=g)
-    smooth = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
-    detail = torch.rand(n, 3, height, width, generator=g) - 0.5
-    strength = torch.rand(n, 1, 1, 1, generator=g) * 0.6
-    return (smooth + strength * detail).clamp(0, 1)
-
-
-def build_random_clip() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """A random CLIP RN50-quickgelu state dict (OpenAI key names) and its 14 prompt features."""
-    import open_clip
-
-    torch.manual_seed(SEED)
-    logging.getLogger().setLevel(logging.ERROR)
-    clip = open_clip.create_model("RN50-quickgelu", pretrained=None)
-    with torch.no_grad():
-        for name, param in clip.visual.named_parameters():
-            if name.endswith("bn3.weight"):  # open_clip zero-inits these; make residual branches count
-                param.normal_(0.5, 0.1)
-        clip.logit_scale.fill_(math.log(100.0))
-    # Calibrate BatchNorm running statistics so activations, and hence scores, are well spread.
-    for module in clip.visual.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    clip.visual.train()
-    with torch.no_grad():
-        for seed in range(4):
-            clip.visual(make_images(4, 224, 224, seed=100 + seed))
-    clip.eval()
-    tokenizer = open_clip.get_tokenizer("RN50-quickgelu")
-    texts = [text for pair in DEFAULT_PROMPT_PAIRS for text in pair]
-    with torch.no_grad():
-        prompts = F.normalize(clip.encode_text(tokenizer(texts)), dim=-1)
-    return {k: v.clone() for k, v in clip.state_dict().items()}, prompts
 
 
 @pytest.fixture(scope="session")
@@ -89,10 +45,8 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def official_pth(clip_parts, weights_dir: Path) -> Path:
     """The official/pyiqa ``qualiclip.pth`` layout: prompts_features plus clip_model.<key>."""
-    clip_state, prompts = clip_parts
-    state = {"prompts_features": prompts, **{f"clip_model.{k}": v for k, v in clip_state.items()}}
     path = weights_dir / "qualiclip.pth"
-    torch.save(state, path)
+    torch.save(official_state(*clip_parts), path)
     return path
 
 
@@ -134,9 +88,6 @@ def pyiqa_reference(official_pth: Path, clip_parts):
         return net.eval()
 
     return build
-
-
-PROMPT_TEXTS = [text for pair in DEFAULT_PROMPT_PAIRS for text in pair]
 
 
 @pytest.fixture(scope="session")

@@ -144,18 +144,17 @@ def test_composed_distortions_come_from_distinct_groups():
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
 def test_every_local_starting_point_gives_the_same_scorer(clip_parts, official_pth, model, tmp_path):
     """OpenAI's TorchScript archive, an open_clip safetensors state dict and a QualiCLIP .pth start alike."""
-    import logging
-
     import open_clip
     from safetensors.torch import save_file
 
+    from qualiclip_metric.text import quiet_logging
     from training.qualiclip.model import ModelConfig, build_scorer
 
     clip_state, _ = clip_parts
     safetensors_path = tmp_path / "open_clip_model.safetensors"
     save_file({k: v.contiguous() for k, v in clip_state.items()}, str(safetensors_path))
-    logging.getLogger().setLevel(logging.ERROR)
-    clip = open_clip.create_model("RN50-quickgelu", pretrained=None)
+    with quiet_logging():
+        clip = open_clip.create_model("RN50-quickgelu", pretrained=None)
     clip.load_state_dict(clip_state)
     archive = torch.jit.trace_module(clip.eval(), {"encode_image": torch.rand(1, 3, 224, 224)})
     torchscript_path = tmp_path / "RN50.pt"

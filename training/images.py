@@ -1,4 +1,4 @@
-"""The image files a trainer may use: every one readable, checked before any training work.
+"""The image files a trainer may use (every one readable, checked before any training work), and ImageNet statistics.
 
 Only headers are read here (tens of microseconds a file), so a folder of 140,000 images is checked in
 seconds; a file whose pixel data turns out to be broken later is skipped by the engine at that point.
@@ -15,6 +15,10 @@ from qualiclip_metric.inputs import collect_image_files
 from training.errors import TrainingError
 
 log = logging.getLogger(__name__)
+
+#: Channel statistics that torchvision's ImageNet weights expect inputs normalised with (the baselines' trunks).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: ``fits(width, height)``: whether an image of that size can give the items a dataset makes.
 SizeCheck = Callable[[int, int], bool]

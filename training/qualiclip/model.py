@@ -6,7 +6,6 @@ for the export (the official layout holds all of CLIP).
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 import zipfile
@@ -18,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from qualiclip_metric.checkpoint import Checkpoint, StateDict, split_state
-from qualiclip_metric.config import ARCHITECTURE, DEFAULT_PROMPT_PAIRS, QualiCLIPConfig
+from qualiclip_metric.config import DEFAULT_PROMPT_PAIRS, QualiCLIPConfig
 from qualiclip_metric.errors import CheckpointError
 from qualiclip_metric.model import QualiCLIP
-from qualiclip_metric.text import encode_prompt_pairs
+from qualiclip_metric.text import create_clip, encode_prompt_pairs
 from training.qualiclip.losses import QualiCLIPLossConfig, prompt_similarities, qualiclip_losses
 
 
@@ -38,18 +37,6 @@ class ModelConfig:
     #: "frozen": BatchNorm uses its stored statistics (only its affine parameters learn); "batch": batch
     #: statistics in training (SyncBatchNorm across GPUs), the running averages updated.
     batchnorm: Literal["frozen", "batch"] = "frozen"
-
-
-def _quiet_open_clip(pretrained: str | None) -> nn.Module:
-    import open_clip
-
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # open_clip warns about every model built without weights
-    try:
-        return open_clip.create_model(ARCHITECTURE, pretrained=pretrained)
-    finally:
-        logger.setLevel(level)
 
 
 def _read_torchscript(path: Path) -> StateDict:
@@ -74,12 +61,12 @@ def load_clip_weights(init: str, seed: int = 0, need_text: bool = False) -> Chec
     """
     if init == "random":
         torch.manual_seed(seed)
-        state = _quiet_open_clip(None).state_dict()
+        state = create_clip(None).state_dict()
         image, text = split_state(state, "random initialisation")
         return Checkpoint(image, text, QualiCLIPConfig(), origin=f"random (seed {seed})")
     if init == "openai":
         try:
-            state = _quiet_open_clip("openai").state_dict()
+            state = create_clip("openai").state_dict()
         except Exception as err:  # open_clip raises many kinds of errors for a failed download
             raise CheckpointError(
                 f"could not load OpenAI's CLIP RN50 weights through open_clip ({type(err).__name__}: {err}); "

@@ -22,7 +22,7 @@ OFFICIAL_FILE = "qualiclip.pth"
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class CropPairDataConfig:
     #: A folder tree of pristine images (KADIS-700k's 140,000 reference images in the paper setup).
     images: str = "data/pristine"
     crops: CropPairConfig = field(default_factory=CropPairConfig)
@@ -31,7 +31,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class QualiCLIPTrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
+    data: CropPairDataConfig = field(default_factory=CropPairDataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: QualiCLIPLossConfig = field(default_factory=QualiCLIPLossConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)

@@ -20,7 +20,7 @@ from training.errors import TrainingError
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class MOSSplitDataConfig:
     """An image folder and its MOS file; training uses the training part of one random split."""
 
     #: Image folder, and a score CSV in any layout ``read_csv_dataset`` reads (``image,mos``, pyiqa's meta_info).
@@ -61,7 +61,7 @@ class MOSSplit:
     mos_range: tuple[float, float]
 
 
-def read_split(config: DataConfig) -> MOSSplit:
+def read_split(config: MOSSplitDataConfig) -> MOSSplit:
     """Read the MOS file, split it, and scale the training MOS; bad data raises :class:`TrainingError`."""
     try:
         dataset = read_csv_dataset(config.images, config.scores)

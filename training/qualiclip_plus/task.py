@@ -13,7 +13,7 @@ from qualiclip_metric.integrity import sha256_file
 from qualiclip_metric.prompt_learner import with_learned_prompts
 from training import config as config_io
 from training.engine import EngineConfig, decay_groups, save_atomically
-from training.qualiclip_plus.data import DataConfig, read_split
+from training.qualiclip_plus.data import MOSSplitDataConfig, read_split
 from training.qualiclip_plus.model import LossConfig, ModelConfig, QualiCLIPPlusTrainingModule, load_base
 from training.rankiqa.data import MOSDataset, collate_mos
 from training.validation import iqa_correlations
@@ -24,7 +24,7 @@ PROMPT_LEARNER_FILE = "prompt_learner.pth"
 
 
 @dataclass(frozen=True)
-class ValidationConfig:
+class TestPartConfig:
     """The test part of the split, scored like inference: whole images, fp32, the library's scorer."""
 
     #: Score a fixed random subset of this many test images (None: all).
@@ -43,10 +43,10 @@ def _pyiqa_engine() -> EngineConfig:
 
 @dataclass(frozen=True)
 class QualiCLIPPlusTrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
+    data: MOSSplitDataConfig = field(default_factory=MOSSplitDataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    validation: TestPartConfig = field(default_factory=TestPartConfig)
     engine: EngineConfig = field(default_factory=_pyiqa_engine)
 
 

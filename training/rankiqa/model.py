@@ -17,12 +17,10 @@ from torch import Tensor, nn
 from torchvision.models import vgg
 
 from qualiclip_metric.checkpoint import read_state_dict, read_tensor_layout
+from training.images import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-#: torchvision's ImageNet weights expect inputs normalised with these statistics.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 Architecture = Literal["vgg16", "vgg16_bn"]

@@ -21,11 +21,10 @@ from torch import Tensor, nn
 
 from qualiclip_metric.checkpoint import read_state_dict
 from qualiclip_metric.errors import CheckpointError  # also importable from here, as before
+from training.images import IMAGENET_MEAN, IMAGENET_STD
 
 #: Trunks of torchvision's ResNets; ResNet-50 is the paper's, the others only make tests cheaper.
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Key prefixes of checkpoints that wrap a ResNet: MoCo's query encoder and plain wrappers (the ``module.``
 #: of DataParallel is already removed by :func:`~qualiclip_metric.checkpoint.read_state_dict`).
 KNOWN_PREFIXES = ("encoder_q.", "trunk.", "backbone.")

@@ -23,7 +23,7 @@ from training.validation import pristine_split
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class ChunkDataConfig:
     #: A folder tree of training images (KADIS-700k pristine images plus authentic sets in the paper).
     images: str = "data/pristine"
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
@@ -31,7 +31,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ValidationConfig:
+class HoldoutConfig:
     #: Images kept out of training; validation reports InfoNCE and positive-first accuracy on their chunks
     #: against the current queue (epoch 0 crops, so the figure is comparable across steps).
     holdout: int = 4
@@ -40,9 +40,9 @@ class ValidationConfig:
 
 @dataclass(frozen=True)
 class ReIQATrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
+    data: ChunkDataConfig = field(default_factory=ChunkDataConfig)
     model: MoCoConfig = field(default_factory=MoCoConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    validation: HoldoutConfig = field(default_factory=HoldoutConfig)
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(output_dir="runs/reiqa"))
 
 
