@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,41 @@ def test_configs_load_and_overrides_apply(tmp_path):
 def test_bad_configuration_names_the_key(tmp_path, override, message):
     with pytest.raises(config_io.ConfigError, match=message):
         small_config(tmp_path, override)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("engine.lr=true", "engine.lr: expected a number, got True"),  # a bool is an int to Python, not here
+        ("engine.steps=yes", "engine.steps: expected an integer, got True"),  # YAML 1.1: yes is true
+        ("engine.grad_clip=fast", "engine.grad_clip: expected a number or null, got 'fast'"),
+        ("data.crops.levels=9", "data.crops: levels must be in 2..5"),  # the dataclass's own check, with its section
+        ("data.crops.distortions=jpeg", "data.crops.distortions: expected a list"),
+        ("data=3", "data: expected a mapping, got 3"),
+    ],
+)
+def test_configuration_errors_name_the_dotted_key(tmp_path, override, message):
+    with pytest.raises(config_io.ConfigError, match=re.escape(message)):
+        small_config(tmp_path, override)
+
+
+def test_yaml_quirks_become_the_declared_types(tmp_path):
+    quirks = ["engine.lr=3e-4", "engine.min_lr_ratio=0", "data.images=2024", "engine.betas=[1, 0.5]"]
+    config = small_config(tmp_path, *quirks)
+    assert config.engine.lr == 3e-4 and isinstance(config.engine.lr, float)  # YAML 1.1 reads 3e-4 as a string
+    assert isinstance(config.engine.min_lr_ratio, float) and config.data.images == "2024"
+    assert config.engine.betas == (1.0, 0.5) and isinstance(config.engine.betas, tuple)
+
+
+def test_a_section_in_yaml_changes_its_parents_default_section(tmp_path):
+    from training.rankiqa.task import RankIQATrainConfig
+
+    path = tmp_path / "rank.yaml"
+    path.write_text("engine:\n  steps: 7\n")
+    config = config_io.load(RankIQATrainConfig, path, ["engine.lr=2e-5"])
+    # RankIQA's default engine is the paper's SGD recipe, not EngineConfig's defaults: only steps and lr change.
+    assert config.engine.steps == 7 and config.engine.lr == 2e-5
+    assert config.engine.optimizer == "sgd" and config.engine.lr_step_size == 10_000 and config.engine.momentum == 0.9
 
 
 # -- schedule and data order ----------------------------------------------------------------------------

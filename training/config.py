@@ -1,7 +1,7 @@
 """Training configuration as data: nested dataclasses read from YAML, with ``key.sub=value`` overrides.
 
-Every trainer describes its whole run with one dataclass tree; a YAML file fills it, command-line
-overrides change single values, and the resolved tree is written next to the run's outputs.
+Every trainer describes its whole run with one dataclass tree; a YAML file fills it (typed by dacite),
+command-line overrides change single values, and the resolved tree is written next to the run's outputs.
 Unknown keys and values of the wrong type are refused with the dotted key that is wrong.
 """
 
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import dacite
 import yaml
 
 T = TypeVar("T")
@@ -23,90 +24,120 @@ class ConfigError(ValueError):
     """A configuration file or override that does not fit the configuration's dataclasses."""
 
 
-def _convert(value: Any, hint: Any, key: str) -> Any:
-    """``value`` (as read from YAML) converted to the annotated type ``hint``."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, option, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {hint}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
+class _Refused:
+    """A YAML value that Python's types would let through but the configuration does not (``true`` as a number)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _to_float(value: Any) -> Any:
+    if isinstance(value, bool):
+        return _Refused(value)
+    if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
             return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return build(hint, value, prefix=f"{key}.")
+    return float(value) if isinstance(value, int) else value
+
+
+def _to_str(value: Any) -> Any:
+    if isinstance(value, bool):
+        return _Refused(value)
+    return str(value) if isinstance(value, (int, float)) else value
+
+
+#: dacite's conversions: lists become tuples where a tuple is declared, and the YAML quirks above.
+_DACITE = dacite.Config(
+    strict=True,
+    cast=[tuple],
+    type_hooks={
+        float: _to_float,
+        int: lambda value: _Refused(value) if isinstance(value, bool) else value,
+        str: _to_str,
+    },
+)
+_EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _describe(hint: Any) -> str:
+    """``hint`` as the error messages name it: "an integer", "a number or null", "a list"."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        names = " or ".join(_describe(a) for a in options)
+        return f"{names} or null" if len(options) < len(typing.get_args(hint)) else names
     if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            items = [_convert(item, args[0], f"{key}[{i}]") for i, item in enumerate(value)]
-        elif origin is tuple and args:
-            if len(args) != len(value):
-                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-            items = [_convert(item, arg, f"{key}[{i}]") for i, (item, arg) in enumerate(zip(value, args, strict=True))]
-        else:
-            items = [_convert(item, args[0] if args else Any, f"{key}[{i}]") for i, item in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
-    return value
+        return "a list"
+    if origin is dict or dataclasses.is_dataclass(hint):
+        return "a mapping"
+    return _EXPECTED.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _type_error(err: dacite.WrongTypeError, prefix: str) -> ConfigError:
+    key = f"{prefix}{err.field_path}"
+    if typing.get_origin(err.field_type) is typing.Literal:
+        choices = ", ".join(map(repr, typing.get_args(err.field_type)))
+        return ConfigError(f"{key}: must be one of {choices}, got {err.value!r}")
+    return ConfigError(f"{key}: expected {_describe(err.field_type)}, got {err.value!r}")
+
+
+def _is_sequence(hint: Any) -> bool:
+    """Whether ``hint`` is a tuple or list type (also as ``... | None``)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return all(_is_sequence(a) for a in options)
+    return typing.get_origin(hint) in (tuple, list) or hint in (tuple, list)
+
+
+def _section_type(hint: Any) -> type | None:
+    """The dataclass a field holds (also as ``Section | None``), or None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        sections = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        return sections[0] if len(sections) == 1 else None
+    return None
 
 
 def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """An instance of the dataclass ``cls`` from a (nested) mapping; missing fields keep their defaults."""
+    """An instance of the dataclass ``cls`` from a (nested) mapping; missing fields keep their defaults.
+
+    dacite converts the values to the declared types; sections (nested dataclasses) are built here one by
+    one, so that every error names its dotted key, and a section given in YAML changes its parent's default
+    section rather than starting from the section class's defaults.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type, or one the dataclass refuses.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {field.name for field in dataclasses.fields(cls) if field.init}
     unknown = sorted(set(data) - fields)
     if unknown:
         raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + k for k in unknown)}")
-    values = {}
+    values = dict(data)
     for name, value in data.items():
+        if isinstance(value, str) and _is_sequence(hints[name]):  # dacite would take a string for its characters
+            raise ConfigError(f"{prefix}{name}: expected {_describe(hints[name])}, got {value!r}")
+        section = _section_type(hints[name])
+        if section is None or not isinstance(value, dict):
+            continue
         default = _default(cls, name)
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            # A section given in YAML changes its parent's default section, not the section class's defaults.
+        if dataclasses.is_dataclass(default):
             value = _merge(to_dict(default), value)
-        values[name] = _convert(value, hints[name], prefix + name)
+        values[name] = build(section, value, prefix=f"{prefix}{name}.")
     try:
-        return cls(**values)
+        return dacite.from_dict(cls, values, config=_DACITE)
+    except dacite.WrongTypeError as err:
+        raise _type_error(err, prefix) from err
+    except dacite.DaciteError as err:
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {err}") from err
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
