@@ -298,7 +298,7 @@ def evaluate_predictions(
 
     Example:
         >>> report = evaluate_predictions(dataset, scores)  # doctest: +SKIP
-        >>> report["splits"]["median"]["srcc"]  # doctest: +SKIP
+        >>> print(report_table(report))  # doctest: +SKIP
     """
     protocol = protocol or Protocol()
     predicted = _aligned(predictions, dataset, "predictions")
