@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,21 @@ from training.rankiqa.inference import RankIQA
 from training.rankiqa.inference import TestConfig as CropTestConfig
 from training.rankiqa.losses import batch_hinge_loss
 from training.rankiqa.model import ModelConfig, RankIQANet, build_model, load_into
-from training.rankiqa.task import LossConfig, RankIQATask, RankIQATrainConfig
+from training.rankiqa.task import (
+    LossConfig,
+    MOSRegressionModule,
+    MOSStageTask,
+    RankingModule,
+    RankIQATask,
+    RankIQATrainConfig,
+    RankStageTask,
+)
+from training.validation import ValidationConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PRISTINE = ROOT / "tests" / "data" / "pristine"
 KODAK_CROP = ROOT / "tests" / "data" / "kodim_crop.png"
+HOLD_NONE = ValidationConfig(holdout=0)
 
 
 # -- the batch hinge loss ---------------------------------------------------------------------------
@@ -193,6 +204,23 @@ def test_stage_two_trains_the_fully_connected_layers_at_ten_times_the_rate(mos_d
     assert len(task.train_paths) == 16 and not set(task.train_paths) & set(task.test_paths)
 
 
+def test_the_stage_picks_the_task_its_loss_and_its_rates(mos_data, tmp_path):
+    mos = RankIQATask(mos_config(mos_data, tmp_path))
+    assert type(mos) is MOSStageTask and type(mos.build_model()) is MOSRegressionModule
+    config = RankIQATrainConfig(
+        model=ModelConfig(init="random", fc_width=8),
+        rank=RankDataConfig(images=str(PRISTINE), crop_size=32, distortions=("jpeg",)),
+        validation=HOLD_NONE,
+    )
+    rank = RankIQATask(config)
+    module = rank.build_model()
+    assert type(rank) is RankStageTask and type(module) is RankingModule
+    assert {group["lr"] for group in rank.param_groups(module, 1e-3)} == {1e-3}  # stage 1: every layer alike
+    batch = rank.collate([rank.build_dataset()[0, index] for index in range(2)])
+    assert batch["images"].shape == (12, 3, 32, 32) and batch["groups"].tolist() == [0] * 6 + [1] * 6
+    assert set(module(batch)) >= {"loss", "pair_accuracy"}
+
+
 def test_stage_two_runs_validates_and_exports_in_mos_units(mos_data, tmp_path):
     from training.engine import Trainer
 
@@ -218,12 +246,9 @@ def test_export_round_trip_scores_like_the_network(tmp_path):
     config = RankIQATrainConfig(
         model=ModelConfig(init="random", fc_width=8, init_seed=3), test=CropTestConfig(crops=3, crop_size=32)
     )
-    task_export = RankIQATask.__new__(RankIQATask)
-    task_export.config, task_export.target_mean, task_export.target_std = config, 0.0, 1.0
+    task_export = RankIQATask(replace(config, rank=RankDataConfig(images=str(PRISTINE)), validation=HOLD_NONE))
     net = build_model(config.model).eval()
-    from training.rankiqa.task import RankIQATrainingModule
-
-    task_export.export(RankIQATrainingModule(net, "rank", LossConfig()), tmp_path)
+    task_export.export(RankingModule(net, LossConfig()), tmp_path)
     loaded = RankIQA.from_pretrained(tmp_path)
     image = torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(0))
     generator = torch.Generator().manual_seed(0)

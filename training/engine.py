@@ -123,6 +123,23 @@ class Task(Protocol):
         """Write the trained model in its release layout(s)."""
 
 
+class BaseTask:
+    """A :class:`Task` with the engine's defaults; a task subclasses it and overrides what differs.
+
+    ``collate`` stacks items with torch's ``default_collate`` unless a subclass names its own function
+    (``collate = staticmethod(collate_pairs)``); ``param_groups`` puts every trainable parameter at the
+    engine's learning rate, with weight decay on weight matrices and kernels only (:func:`decay_groups`).
+    """
+
+    def collate(self, items: list[Any]) -> Any:
+        from torch.utils.data import default_collate
+
+        return default_collate(items)
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        return decay_groups(model)
+
+
 # ------------------------------------------------------------------------------------ distributed setup
 
 

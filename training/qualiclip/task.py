@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from torch import nn
 
 from qualiclip_metric.checkpoint import write_layout, write_official
 from training import config as config_io
-from training.engine import EngineConfig, decay_groups
+from training.engine import BaseTask, EngineConfig
 from training.qualiclip.data import CropPairConfig, CropPairDataset, collate_crop_pairs
 from training.qualiclip.losses import QualiCLIPLossConfig
 from training.qualiclip.model import ModelConfig, QualiCLIPTrainingModule, build_scorer
@@ -38,7 +35,9 @@ class QualiCLIPTrainConfig:
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(output_dir="runs/qualiclip"))
 
 
-class QualiCLIPTask:
+class QualiCLIPTask(BaseTask):
+    collate = staticmethod(collate_crop_pairs)
+
     def __init__(self, config: QualiCLIPTrainConfig) -> None:
         self.config = config
         self.train_files, self.holdout_files = pristine_split(
@@ -54,12 +53,6 @@ class QualiCLIPTask:
 
     def build_dataset(self) -> CropPairDataset:
         return CropPairDataset(self.train_files, self.config.data.crops, seed=self.config.data.seed)
-
-    def collate(self, items: list[dict[str, Any]]) -> Any:
-        return collate_crop_pairs(items)
-
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
-        return decay_groups(model)
 
     def validate(self, model: QualiCLIPTrainingModule) -> dict[str, float]:
         return run_validation(

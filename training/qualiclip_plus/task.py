@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from torch import nn
 
 from qualiclip_metric.checkpoint import write_layout
 from qualiclip_metric.integrity import sha256_file
 from qualiclip_metric.prompt_learner import with_learned_prompts
 from training import config as config_io
-from training.engine import EngineConfig, decay_groups, save_atomically
+from training.engine import BaseTask, EngineConfig, save_atomically
 from training.qualiclip_plus.data import MOSSplitDataConfig, read_split
 from training.qualiclip_plus.model import LossConfig, ModelConfig, QualiCLIPPlusTrainingModule, load_base
 from training.rankiqa.data import MOSDataset, collate_mos
@@ -50,7 +47,11 @@ class QualiCLIPPlusTrainConfig:
     engine: EngineConfig = field(default_factory=_pyiqa_engine)
 
 
-class QualiCLIPPlusTask:
+class QualiCLIPPlusTask(BaseTask):
+    """Only the context learns: the towers are not parameters of the module, so the default groups hold it alone."""
+
+    collate = staticmethod(collate_mos)
+
     def __init__(self, config: QualiCLIPPlusTrainConfig) -> None:
         self.config = config
         self.split = read_split(config.data)  # bad data is refused before any weights are read
@@ -61,12 +62,6 @@ class QualiCLIPPlusTask:
     def build_dataset(self) -> MOSDataset:
         data = self.config.data
         return MOSDataset(self.split.train_paths, self.split.train_targets.tolist(), data.crop_size, seed=data.seed)
-
-    def collate(self, items: list[dict[str, Any]]) -> Any:
-        return collate_mos(items)
-
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
-        return decay_groups(model)  # the context alone: the towers are not parameters of the module
 
     def validate(self, model: QualiCLIPPlusTrainingModule) -> dict[str, float]:
         """SRCC and PLCC (raw and after the logistic fit) on the test part, through the evaluation module."""

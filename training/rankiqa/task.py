@@ -1,4 +1,4 @@
-"""RankIQA's two training stages as a :class:`training.engine.Task`; ``stage`` picks one."""
+"""RankIQA's two training stages as two :class:`training.engine.Task` classes; ``stage`` picks one."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from qualiclip_metric.errors import ImageLoadError
 from qualiclip_metric.evaluation import Protocol, correlations, dataset_splits
 from qualiclip_metric.inputs import load_image
 from training import config as config_io
-from training.engine import EngineConfig, decay_groups
+from training.engine import BaseTask, EngineConfig, decay_groups
 from training.errors import TrainingError
 from training.rankiqa.data import (
     MOSDataConfig,
@@ -77,18 +77,28 @@ class RankIQATrainConfig:
 
 
 class RankIQATrainingModule(nn.Module):
-    """The network and the loss of the stage: ranked sets to the hinge loss, or crops to the L2 loss."""
+    """The network and the loss of a stage; ``forward`` maps a batch to its losses."""
 
-    def __init__(self, net: RankIQANet, stage: str, loss: LossConfig) -> None:
+    def __init__(self, net: RankIQANet, loss: LossConfig) -> None:
         super().__init__()
-        self.net, self.stage, self.loss_config = net, stage, loss
+        self.net, self.loss_config = net, loss
+
+
+class RankingModule(RankIQATrainingModule):
+    """Stage 1: ranked sets to the batch hinge loss over every ordered pair of a set."""
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         scores = self.net(batch["images"])
-        if self.stage == "rank":
-            return batch_hinge_loss(
-                scores, batch["ranks"], batch["groups"], self.loss_config.margin, self.loss_config.reduction
-            )
+        return batch_hinge_loss(
+            scores, batch["ranks"], batch["groups"], self.loss_config.margin, self.loss_config.reduction
+        )
+
+
+class MOSRegressionModule(RankIQATrainingModule):
+    """Stage 2: crops to the L2 loss against their (normalised) MOS."""
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        scores = self.net(batch["images"])
         return {"loss": torch.mean((scores.float() - batch["targets"]) ** 2)}
 
 
@@ -101,16 +111,80 @@ def train_test_indices(dataset: IQADataset, config: MOSDataConfig) -> tuple[np.n
     return split.train, split.test
 
 
-class RankIQATask:
+class RankIQAStageTask(BaseTask):
+    """What both stages share: the network, the learning rates of its two parts, the scorer and the export."""
+
+    stage: str
+    module_class: type[RankIQATrainingModule]
+    #: The fully connected layers' learning rate over the base one (the stage's ``head_lr_multiplier``).
+    head_lr_multiplier: float
+
     def __init__(self, config: RankIQATrainConfig) -> None:
         self.config = config
         self.target_mean, self.target_std = 0.0, 1.0
         iqa_dataset(config.validation)  # refuse a missing validation set now, not after training
-        if config.stage == "rank":
-            self.train_files, self.holdout_files = pristine_split(
-                config.rank.images, config.validation.holdout, config.validation.seed, what="rank.images"
-            )
-            return
+
+    def build_model(self) -> RankIQATrainingModule:
+        return self.module_class(build_model(self.config.model), self.config.loss)
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        """Convolutions at ``lr``; the fully connected layers at ``lr`` times the stage's head multiplier."""
+        net: RankIQANet = model.net
+        return decay_groups(net.features, lr=lr) + decay_groups(net.classifier, lr=lr * self.head_lr_multiplier)
+
+    def scorer(self, net: RankIQANet) -> RankIQA:
+        return RankIQA(net, self.config.test, self.target_mean, self.target_std)
+
+    def export(self, model: RankIQATrainingModule, directory: Path) -> None:
+        """``model.safetensors`` (the network) and ``config.json`` (architecture, test procedure, MOS scaling,
+        the sha256 of the weights and the training configuration as provenance)."""
+        saved = {
+            "model_type": "rankiqa",
+            "arch": model.net.arch,
+            "fc_width": model.net.fc_width,
+            "stage": self.stage,
+            "test": config_io.to_dict(self.config.test),
+            "target_mean": self.target_mean,
+            "target_std": self.target_std,
+            "provenance": {"trained_with": "training.rankiqa", "config": config_io.to_dict(self.config)},
+        }
+        write_tensor_layout(directory, {WEIGHTS_FILE: model.net.state_dict()}, saved, overwrite=True)
+
+
+class RankStageTask(RankIQAStageTask):
+    """Stage 1: Siamese ranking of synthetic degradations of pristine images, checked on held-out ones."""
+
+    stage = "rank"
+    module_class = RankingModule
+    collate = staticmethod(collate_ranked)
+
+    def __init__(self, config: RankIQATrainConfig) -> None:
+        super().__init__(config)
+        self.head_lr_multiplier = config.rank.head_lr_multiplier
+        self.train_files, self.holdout_files = pristine_split(
+            config.rank.images, config.validation.holdout, config.validation.seed, what="rank.images"
+        )
+
+    def build_dataset(self) -> RankedDataset:
+        return RankedDataset(self.train_files, self.config.rank, seed=self.config.rank.seed)
+
+    def validate(self, model: RankIQATrainingModule) -> dict[str, float]:
+        device = next(model.parameters()).device
+        return run_validation(
+            model.net, self.config.validation, self.holdout_files, self.config.rank.distortion_names, device
+        )
+
+
+class MOSStageTask(RankIQAStageTask):
+    """Stage 2: L2 regression of MOS on the training part of a split, tested on its test part."""
+
+    stage = "mos"
+    module_class = MOSRegressionModule
+    collate = staticmethod(collate_mos)
+
+    def __init__(self, config: RankIQATrainConfig) -> None:
+        super().__init__(config)
+        self.head_lr_multiplier = config.mos.head_lr_multiplier
         try:
             dataset = read_csv_dataset(config.mos.images, config.mos.scores)
         except (OSError, ValueError) as err:
@@ -123,33 +197,11 @@ class RankIQATask:
             self.target_mean = float(self.train_scores.mean())
             self.target_std = float(self.train_scores.std()) or 1.0
 
-    def build_model(self) -> RankIQATrainingModule:
-        return RankIQATrainingModule(build_model(self.config.model), self.config.stage, self.config.loss)
-
-    def build_dataset(self) -> RankedDataset | MOSDataset:
-        if self.config.stage == "rank":
-            return RankedDataset(self.train_files, self.config.rank, seed=self.config.rank.seed)
+    def build_dataset(self) -> MOSDataset:
         targets = (self.train_scores - self.target_mean) / self.target_std
         return MOSDataset(self.train_paths, targets.tolist(), self.config.mos.crop_size, seed=self.config.mos.seed)
 
-    def collate(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
-        return collate_ranked(items) if self.config.stage == "rank" else collate_mos(items)
-
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
-        """Convolutions at ``lr``; the fully connected layers at ``lr`` times the stage's head multiplier."""
-        net: RankIQANet = model.net
-        stage = self.config.rank if self.config.stage == "rank" else self.config.mos
-        return decay_groups(net.features, lr=lr) + decay_groups(net.classifier, lr=lr * stage.head_lr_multiplier)
-
-    def scorer(self, net: RankIQANet) -> RankIQA:
-        return RankIQA(net, self.config.test, self.target_mean, self.target_std)
-
     def validate(self, model: RankIQATrainingModule) -> dict[str, float]:
-        if self.config.stage == "rank":
-            device = next(model.parameters()).device
-            return run_validation(
-                model.net, self.config.validation, self.holdout_files, self.config.rank.distortion_names, device
-            )
         if len(self.test_paths) < 3:
             return {}
         scorer = self.scorer(model.net)
@@ -172,17 +224,8 @@ class RankIQATask:
             "test_images": float(len(predicted)),
         }
 
-    def export(self, model: RankIQATrainingModule, directory: Path) -> None:
-        """``model.safetensors`` (the network) and ``config.json`` (architecture, test procedure, MOS scaling,
-        the sha256 of the weights and the training configuration as provenance)."""
-        saved = {
-            "model_type": "rankiqa",
-            "arch": model.net.arch,
-            "fc_width": model.net.fc_width,
-            "stage": self.config.stage,
-            "test": config_io.to_dict(self.config.test),
-            "target_mean": self.target_mean,
-            "target_std": self.target_std,
-            "provenance": {"trained_with": "training.rankiqa", "config": config_io.to_dict(self.config)},
-        }
-        write_tensor_layout(directory, {WEIGHTS_FILE: model.net.state_dict()}, saved, overwrite=True)
+
+def RankIQATask(config: RankIQATrainConfig) -> RankStageTask | MOSStageTask:
+    """The task of ``config.stage``: :class:`RankStageTask` or :class:`MOSStageTask` (named like a class, as
+    the command line and the other trainers name their tasks)."""
+    return {"rank": RankStageTask, "mos": MOSStageTask}[config.stage](config)

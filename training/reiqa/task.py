@@ -10,12 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from qualiclip_metric.checkpoint import write_tensor_layout
 from training import config as config_io
-from training.engine import EngineConfig, decay_groups
+from training.engine import BaseTask, EngineConfig
 from training.reiqa.data import ChunkConfig, ChunkDataset, collate_chunks
 from training.reiqa.features import ENCODER_CONFIG, ENCODER_FILE, HEAD_FILE
 from training.reiqa.model import MoCoConfig, QualityMoCo
@@ -46,7 +43,9 @@ class ReIQATrainConfig:
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(output_dir="runs/reiqa"))
 
 
-class ReIQATask:
+class ReIQATask(BaseTask):
+    collate = staticmethod(collate_chunks)
+
     def __init__(self, config: ReIQATrainConfig) -> None:
         self.config = config
         self.train_files, self.holdout_files = pristine_split(
@@ -58,12 +57,6 @@ class ReIQATask:
 
     def build_dataset(self) -> ChunkDataset:
         return ChunkDataset(self.train_files, self.config.data.chunk, seed=self.config.data.seed)
-
-    def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return collate_chunks(items)
-
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
-        return decay_groups(model)
 
     def validate(self, model: QualityMoCo) -> dict[str, float]:
         """InfoNCE and accuracy of held-out chunks in eval mode (no queue or key-encoder update)."""
