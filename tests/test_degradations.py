@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from arniqa_reference import ref_filter, ref_lab2rgb, ref_motion, ref_rgb2lab
 from PIL import Image
 from scipy import ndimage
 from torchmetrics.functional.image import structural_similarity_index_measure
@@ -417,35 +418,8 @@ def test_random_composition_validation(kwargs: dict[str, float], kodak: torch.Te
 
 # ---------------------------------------------------------------------------------------------- ARNIQA cells
 # NumPy computations of ARNIQA's definitions (miccunifi/ARNIQA utils/distortions.py, kornia's colour
-# conversions), written independently of training/degradations.py.
-
-_M_RGB_XYZ = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
-_M_XYZ_RGB = np.array(
-    [
-        [3.2404813432005266, -1.5371515162713185, -0.4985363261688878],
-        [-0.9692549499965682, 1.8759900014898907, 0.0415559265582928],
-        [0.0556466391351772, -0.2040413383665112, 1.0573110696453443],
-    ]
-)
-_D65 = np.array([0.95047, 1.0, 1.08883])
-
-
-def np_rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """kornia.color.rgb_to_lab of a (3, H, W) array."""
-    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    xyz = np.einsum("ij,jhw->ihw", _M_RGB_XYZ, linear) / _D65[:, None, None]
-    f = np.where(xyz > 0.008856, np.cbrt(np.maximum(xyz, 0.008856)), 7.787 * xyz + 4 / 29)
-    return np.stack([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
-
-
-def np_lab_to_rgb(lab: np.ndarray) -> np.ndarray:
-    """kornia.color.lab_to_rgb of a (3, H, W) array: f(Z) >= 0, the result clipped."""
-    fy = (lab[0] + 16) / 116
-    f = np.stack([fy + lab[1] / 500, fy, np.maximum(fy - lab[2] / 200, 0)])
-    xyz = np.where(f > 0.2068966, f**3, (f - 4 / 29) / 7.787) * _D65[:, None, None]
-    linear = np.einsum("ij,jhw->ihw", _M_XYZ_RGB, xyz)
-    rgb = np.where(linear > 0.0031308, 1.055 * np.maximum(linear, 0.0031308) ** (1 / 2.4) - 0.055, 12.92 * linear)
-    return np.clip(rgb, 0, 1)
+# conversions), written independently of training/degradations.py; the kernels and colour conversions the
+# benchmark also uses are in arniqa_reference.py.
 
 
 def np_gaussian(sigma: float, radius: int | None = None) -> np.ndarray:
@@ -455,11 +429,6 @@ def np_gaussian(sigma: float, radius: int | None = None) -> np.ndarray:
         [[math.exp(-(i * i + j * j) / (2 * sigma**2)) for j in range(-r, r + 1)] for i in range(-r, r + 1)]
     )
     return kernel / kernel.sum()
-
-
-def np_correlate(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Correlation of every channel with the border replicated (filter2D)."""
-    return np.stack([ndimage.correlate(channel, kernel, mode="nearest") for channel in image])
 
 
 def np_port_disk(radius: int) -> np.ndarray:
@@ -488,31 +457,6 @@ def np_port_disk(radius: int) -> np.ndarray:
                 weights[row, col] += 1.0
     weights[radius, radius] = 1.0
     return weights / weights.sum()
-
-
-def np_motion(length: float, angle: int) -> np.ndarray:
-    """fspecial('motion', length, angle), point by point."""
-    eps = np.finfo(float).eps
-    half = (length - 1) / 2
-    phi = math.radians(angle % 180)
-    c, s = math.cos(phi), math.sin(phi)
-    sign = 1 if c >= 0 else -1
-    nx = int(half * c + sign - length * eps)
-    ny = int(half * s + 1 - length * eps)
-    xs = list(range(0, nx + sign, sign))
-    quadrant = np.zeros((ny + 1, len(xs)))
-    for y in range(ny + 1):
-        for k, x in enumerate(xs):
-            distance = y * c - x * s
-            if math.hypot(x, y) >= half and abs(distance) <= 1:
-                distance = math.hypot(distance, half - abs((x + distance * s) / c))
-            quadrant[y, k] = max(0.0, 1 + eps - abs(distance))
-    rows, cols = quadrant.shape
-    kernel = np.zeros((2 * rows - 1, 2 * cols - 1))
-    kernel[:rows, :cols] = quadrant[::-1, ::-1]
-    kernel[rows - 1 :, cols - 1 :] = quadrant
-    kernel /= kernel.sum() + eps * length * length
-    return kernel[::-1] if c > 0 else kernel
 
 
 def np_parabola(v: np.ndarray, middle: float) -> np.ndarray:
@@ -561,7 +505,7 @@ def test_motionblur_cells() -> None:
         for seed in range(3):
             angle = int(torch.randint(0, 181, (1,), generator=seeded(seed)))  # the documented draw
             response = as_numpy(degrade(impulse(), "motionblur", level, seeded(seed)))[0]
-            kernel = np_motion(length, angle)
+            kernel = ref_motion(length, angle)
             kh, kw = kernel.shape
             size = max(kh, kw)
             top, left = 20 - (kh - 1) // 2, 20 - (kw - 1) // 2
@@ -570,7 +514,7 @@ def test_motionblur_cells() -> None:
             np.testing.assert_allclose(response[top : top + kh, left : left + kw], kernel[::-1, ::-1], atol=1e-6)
             assert response.sum() == pytest.approx(1.0, abs=1e-5)
     # Closed form at angle 0, length 10: taps 1/2, 1 x 9, 1/2 along the row, over their sum 10.
-    np.testing.assert_allclose(np_motion(10, 0), np.array([[0.5] + [1.0] * 9 + [0.5]]) / 10, atol=1e-12)
+    np.testing.assert_allclose(ref_motion(10, 0), np.array([[0.5] + [1.0] * 9 + [0.5]]) / 10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["colordiff", "colorsat2", "brighten", "highsharpen"])
@@ -581,20 +525,20 @@ def test_cielab_cells(name: str, variant: str) -> None:
     rgb = as_numpy(images)
     for level, p in enumerate(DISTORTIONS[name].levels, start=1):
         x = rgb[::-1] if variant == "arniqa" else rgb
-        lab = np_rgb_to_lab(x)
+        lab = ref_rgb2lab(x)
         if name == "colordiff":
-            lab[1:] = np_correlate(lab[1:], np_gaussian(1.5 * p + 2)) * p
-            expected = np_lab_to_rgb(lab)
+            lab[1:] = ref_filter(lab[1:], np_gaussian(1.5 * p + 2)) * p
+            expected = ref_lab2rgb(lab)
         elif name == "colorsat2":
             lab[1:] *= p
-            expected = np_lab_to_rgb(lab)
+            expected = ref_lab2rgb(lab)
         elif name == "brighten":
             lab[0] = np_parabola(lab[0] / 100, 0.5 + p / 2) * 100
-            expected = (2 * np_parabola(x, 0.5 + p / 2) + np_lab_to_rgb(lab)) / 3
+            expected = (2 * np_parabola(x, 0.5 + p / 2) + ref_lab2rgb(lab)) / 3
         else:
             blurred = ndimage.correlate(lab[0], np_gaussian(6.0, radius=6), mode="nearest")
             lab[0] = lab[0] + p * (lab[0] - blurred)
-            expected = np_lab_to_rgb(lab)
+            expected = ref_lab2rgb(lab)
         if variant == "arniqa" and name in ("colordiff", "colorsat2"):
             expected = np.floor(expected * 255) / 255
         if variant == "arniqa":

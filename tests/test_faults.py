@@ -243,7 +243,12 @@ def test_evaluate_treats_nan_predictions_as_failed(tmp_path):
     result = run([*command, "--bootstrap", "0", "--splits", "2", "--test-fraction", "1", "--output", report])
     assert result.returncode == 1, result.stderr
     saved = strict_json(report.read_text())
-    assert saved["images"] == 5 and saved["scored"] == 3 and len(saved["failed"]) == 2 and "not a finite number" in saved["failed"][0]["error"]
+    assert (
+        saved["images"] == 5
+        and saved["scored"] == 3
+        and len(saved["failed"]) == 2
+        and "not a finite number" in saved["failed"][0]["error"]
+    )
 
 
 def test_download_of_a_malformed_source_exits_2():
