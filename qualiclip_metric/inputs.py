@@ -7,6 +7,7 @@ same errors for the same mistakes.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import warnings
 from collections.abc import Iterator
@@ -184,19 +185,30 @@ def _pil_to_tensor(image: Image.Image) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
 
 
-def load_image(source: str | os.PathLike | Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Tensor:
-    """Read a file or PIL image as float RGB (3, H, W) in [0, 1], EXIF orientation applied.
+def load_image(
+    source: str | os.PathLike | Image.Image | bytes,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    *,
+    name: str | None = None,
+) -> Tensor:
+    """Read a file, PIL image or encoded file contents as float RGB (3, H, W) in [0, 1], EXIF orientation applied.
 
     Raises :class:`ImageLoadError` naming the file for missing, non-image, truncated or corrupt files,
-    and for images over ``max_pixels`` (a decompression-bomb guard; ``None`` disables it).
+    and for images over ``max_pixels`` (a decompression-bomb guard; ``None`` disables it). ``name`` is
+    how errors name the image (default: the path, "PIL image" or "image bytes"); give it for bytes read
+    from object storage, say, so that an error says which object it was.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    name = str(source) if not isinstance(source, Image.Image) else "PIL image"
+    encoded = isinstance(source, (bytes, bytearray, memoryview))
+    if name is None:
+        name = "PIL image" if isinstance(source, Image.Image) else "image bytes" if encoded else str(source)
     try:
         with _own_pixel_limit():
             if isinstance(source, Image.Image):
                 image = source
+            elif encoded:  # opened here, inside the pixel-limit guard, as a file would be
+                image = Image.open(io.BytesIO(source))
             else:
                 path = Path(source)
                 if not path.is_file():

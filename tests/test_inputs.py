@@ -83,6 +83,20 @@ def test_path_forms(files):
     assert torch.equal(load_image(Image.open(files["rgb.png"])), load_image(files["rgb.png"]))
 
 
+def test_file_contents_decode_as_the_file(files):
+    for name in ("rgb.png", "rotated.jpg", "deep16.png"):
+        contents = files[name].read_bytes()
+        assert torch.equal(load_image(contents), load_image(files[name]))
+        assert torch.equal(load_image(memoryview(contents)), load_image(files[name]))
+    with pytest.raises(ImageLoadError, match=r"^image bytes: not a recognised image file"):
+        load_image(b"not pixels")
+    truncated = files["truncated.jpg"].read_bytes()
+    with pytest.raises(ImageLoadError, match=r"^s3://bucket/t\.jpg: cannot decode image: truncated"):
+        load_image(truncated, name="s3://bucket/t.jpg")
+    with pytest.raises(ImageLoadError, match=r"^big: 64 x 48 = 3,072 pixels exceeds the limit of 1,000"):
+        load_image(files["rgb.png"].read_bytes(), max_pixels=1000, name="big")
+
+
 def test_grayscale_is_replicated(files):
     gray = load_image(files["gray.png"])
     assert gray.shape == (3, 48, 64) and torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
