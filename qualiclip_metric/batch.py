@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -20,6 +21,9 @@ from qualiclip_metric.inputs import (
     validate_max_size,
 )
 from qualiclip_metric.model import QualiCLIP
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass
@@ -40,12 +44,36 @@ class FileScore:
 
 
 @dataclass
-class _Decoded:
+class Decoded:
+    """One input ready for the network (resized to ``max_size``), or the reason it could not be decoded."""
+
     index: int
     path: str
     image: Tensor | None = None
     size: tuple[int, int] | None = None  # original (width, height)
     error: str | None = None
+
+
+def decode(
+    index: int,
+    path: str,
+    source: str | os.PathLike | Image.Image | bytes | None = None,
+    *,
+    max_size: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Decoded:
+    """Decode one input with :func:`~qualiclip_metric.inputs.load_image`; a failure is returned, not raised.
+
+    ``source`` is what to decode (default: the file at ``path``): a path, a PIL image or a file's bytes;
+    ``path`` names the input in results and errors. Integrations that receive images in memory (Ray Data)
+    decode here, so that their images are read exactly as files are.
+    """
+    try:
+        image = load_image(path if source is None else source, max_pixels=max_pixels, name=path)
+        size = (image.shape[-1], image.shape[-2])
+        return Decoded(index, path, resize_longer_side(image[None], max_size)[0], size)
+    except (ImageLoadError, ValueError, OSError, MemoryError) as err:
+        return Decoded(index, path, error=str(err) or type(err).__name__)
 
 
 class _ImageFiles(Dataset):
@@ -59,17 +87,11 @@ class _ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> _Decoded:
-        path = self.paths[index]
-        try:
-            image = load_image(path, max_pixels=self.max_pixels)
-            size = (image.shape[-1], image.shape[-2])
-            return _Decoded(index, path, resize_longer_side(image[None], self.max_size)[0], size)
-        except (ImageLoadError, ValueError, OSError, MemoryError) as err:
-            return _Decoded(index, path, error=str(err) or type(err).__name__)
+    def __getitem__(self, index: int) -> Decoded:
+        return decode(index, self.paths[index], max_size=self.max_size, max_pixels=self.max_pixels)
 
 
-def _keep(item: _Decoded) -> _Decoded:
+def _keep(item: Decoded) -> Decoded:
     """Identity collation at module level, so workers can be spawned as well as forked."""
     return item
 
@@ -107,27 +129,44 @@ def score_files(
         prefetch_factor=2 * batch_size if workers else None,
         persistent_workers=False,
     )
+    yield from score_decoded(loader, model, batch_size=batch_size, per_pair=per_pair, buffer_batches=buffer_batches)
+
+
+def score_decoded(
+    items: Iterable[Decoded],
+    model: QualiCLIP,
+    *,
+    batch_size: int = 8,
+    per_pair: bool = False,
+    buffer_batches: int = 4,
+) -> Iterator[FileScore]:
+    """Score decoded inputs, indexed 0, 1, 2... in any order, and yield their results in index order.
+
+    The loop behind :func:`score_files`: same-size images are batched together, at most about
+    ``buffer_batches * batch_size`` images wait for their batch, and a failure (a decoding error, a
+    batch that runs out of memory, a score that is not finite) becomes the result's error.
+    """
     done: dict[int, FileScore] = {}
-    buckets: dict[tuple[int, int], list[_Decoded]] = {}
+    buckets: dict[tuple[int, int], list[Decoded]] = {}
     buffered = 0
     next_index = 0
     limit = max(1, buffer_batches) * batch_size
 
-    def fail(item: _Decoded, error: str) -> None:
+    def fail(item: Decoded, error: str) -> None:
         done[item.index] = FileScore(item.index, item.path, width=item.size[0], height=item.size[1], error=error)
 
     def run(key: tuple[int, int]) -> None:
         nonlocal buffered
-        items = buckets.pop(key)
-        buffered -= len(items)
-        batch = torch.stack([item.image for item in items])
+        waiting = buckets.pop(key)
+        buffered -= len(waiting)
+        batch = torch.stack([item.image for item in waiting])
         try:
             output = score_batch(model, batch, per_pair=per_pair).float().cpu()
         except (RuntimeError, ValueError) as err:  # e.g. out of memory for one huge size
-            for item in items:
+            for item in waiting:
                 fail(item, str(err))
             return
-        for item, row in zip(items, output, strict=True):
+        for item, row in zip(waiting, output, strict=True):
             if not torch.isfinite(row).all():  # overflow in fp16, say: a number that is no score
                 fail(item, f"{item.path}: the score is not finite ({row.tolist()}); try --precision fp32")
                 continue
@@ -135,7 +174,7 @@ def score_files(
             score = float(row.mean()) if per_pair else float(row)
             done[item.index] = FileScore(item.index, item.path, score, item.size[0], item.size[1], pairs)
 
-    for decoded in loader:
+    for decoded in items:
         if decoded.error is not None:
             done[decoded.index] = FileScore(decoded.index, decoded.path, error=decoded.error)
         else:
