@@ -10,7 +10,6 @@ return the report that ``qualiclip evaluate``, the baselines and ``hub.verify`` 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -434,40 +433,58 @@ def _splits_record(protocol: Protocol, per_split: list[dict[str, Any]]) -> dict[
 
 
 def read_predictions(path: str | os.PathLike, dataset: IQADataset) -> tuple[np.ndarray, dict[int, str]]:
-    """Scores from a ``path,score[,error]`` CSV (as ``qualiclip score`` writes it), in the dataset's order.
+    """Scores from a score file (CSV, JSON lines or JSON, as ``qualiclip score`` writes it), in the dataset's order.
 
-    Rows are matched by full path, or else by file name when that is unique. Returns one score per
-    image (NaN where there is none) and the reason for each missing one.
+    The file is read by :func:`qualiclip_metric.score_writer.read_scores` and joined with the dataset by
+    :func:`predictions_from_rows`. Returns one score per image (NaN where there is none) and the reason
+    for each missing one.
 
     Raises:
-        ValueError: a CSV without the ``path`` and ``score`` columns.
+        ValueError: a file without the ``path`` and ``score`` columns.
     """
-    path = Path(path)
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"path", "score"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: needs the columns path and score (as `qualiclip score` writes them)")
-        entries = list(reader)
-    by_path = {str(Path(entry["path"])): entry for entry in entries}
-    by_name: dict[str, list[dict]] = {}
-    for entry in entries:
-        by_name.setdefault(Path(entry["path"]).name, []).append(entry)
+    from qualiclip_metric.score_writer import read_scores
+
+    return predictions_from_rows(read_scores(path).rows, dataset, source=str(path))
+
+
+def match_rows(rows: Sequence[Mapping[str, Any]], dataset: IQADataset) -> list[int | None]:
+    """For each image of ``dataset``, the index of its row in ``rows`` (None when there is none).
+
+    Rows are matched by full path, or else by file name when exactly one row has that name (scores
+    written on another machine, or from another folder).
+    """
+    by_path = {str(Path(row["path"])): index for index, row in enumerate(rows)}
+    by_name: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_name.setdefault(Path(row["path"]).name, []).append(index)
+    matches: list[int | None] = []
+    for image in dataset.paths:
+        index = by_path.get(str(image))
+        if index is None and len(by_name.get(image.name, [])) == 1:
+            index = by_name[image.name][0]
+        matches.append(index)
+    return matches
+
+
+def predictions_from_rows(
+    rows: Sequence[Mapping[str, Any]], dataset: IQADataset, *, source: str = "the scores"
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Score rows (``path``, ``score``, ``error``, as ``read_scores`` gives them) in the dataset's order.
+
+    Rows are matched by :func:`match_rows`. Returns one score per image (NaN where there is none) and the
+    reason for each missing one.
+    """
     predictions = np.full(len(dataset), np.nan)
     errors: dict[int, str] = {}
-    for row, image in enumerate(dataset.paths):
-        entry = by_path.get(str(image))
-        if entry is None and len(by_name.get(image.name, [])) == 1:
-            entry = by_name[image.name][0]
-        if entry is None:
-            errors[row] = f"no prediction in {path}"
+    for row, index in enumerate(match_rows(rows, dataset)):
+        if index is None:
+            errors[row] = f"no prediction in {source}"
             continue
-        if entry.get("error") or not entry["score"]:
+        entry = rows[index]
+        if entry.get("error") or entry.get("score") is None:
             errors[row] = entry.get("error") or "empty score"
             continue
-        try:
-            score = float(entry["score"])
-        except ValueError:
-            score = math.nan
+        score = float(entry["score"])
         if math.isfinite(score):
             predictions[row] = score
         else:

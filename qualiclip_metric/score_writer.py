@@ -70,9 +70,22 @@ def finite_or_none(value: Any) -> Any:
 
 def write_json_atomically(path: Path, document: Any) -> None:
     """One JSON document written beside ``path`` and renamed over it; non-finite numbers become null."""
-    text = json.dumps(finite_or_none(document), indent=2, allow_nan=False) + "\n"
-    with _Staged(path) as staged:
+    write_text_atomically(path, json.dumps(finite_or_none(document), indent=2, allow_nan=False) + "\n")
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """``text`` (UTF-8) written beside ``path`` and renamed over it: readers see the old file or the new one.
+
+    Raises:
+        OutputError: the folder cannot be written or the disk is full; nothing is left behind.
+    """
+    staged = _Staged(path)
+    try:
         staged.stream.write(text)
+    except OSError as err:
+        staged.discard()
+        raise OutputError(f"{path}: cannot write: {err.strerror or err}") from err
+    staged.commit()
 
 
 class _Staged:
@@ -246,3 +259,79 @@ def write_scores(
         writer.discard()
         raise
     return summary
+
+
+@dataclass
+class ScoreFile:
+    """The rows of a score file, typed: ``score`` and the pair columns float or None, sizes int or None."""
+
+    path: Path
+    rows: list[dict[str, Any]]
+    #: The per-pair columns, in file order (empty for a file written without ``--per-pair``).
+    pair_names: list[str]
+
+
+def _unquote(value: str) -> str:
+    """Undo :func:`spreadsheet_safe`: a ``'`` that protects a formula start is not part of the value."""
+    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_STARTS) else value
+
+
+def _number(value: Any, kind: type) -> Any:
+    """A cell as ``kind`` (float or int), None when empty; a float cell that is no number becomes NaN."""
+    if value is None or value == "":
+        return None
+    try:
+        return kind(value) if kind is float else int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return math.nan if kind is float else None
+
+
+def read_scores(path: str | os.PathLike) -> ScoreFile:
+    """Read a score file (CSV, JSON lines or JSON, by suffix) as :func:`write_scores` writes it.
+
+    The one reader of score files: ``qualiclip evaluate --predictions`` and ``qualiclip report`` read
+    through it. Columns other than ``path``, ``score``, ``width``, ``height`` and ``error`` are pair
+    probabilities. CSV cells lose the ``'`` that protected them from spreadsheets; a score that is not
+    a number is read as NaN, so that the caller can say which row it was.
+
+    Raises:
+        ValueError: an unknown suffix, a file that does not parse, or rows without ``path`` and ``score``.
+        OSError: the file cannot be read.
+
+    Example:
+        >>> table = read_scores("scores.csv")  # doctest: +SKIP
+        >>> table.rows[0]["score"], table.pair_names[:1]  # doctest: +SKIP
+        (0.6123, ['Good photo./Bad photo.'])
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"{path}: a score file ends in {', '.join(FORMATS)}")
+    with open(path, newline="", encoding="utf-8") as handle:
+        try:
+            if suffix == ".csv":
+                reader = csv.DictReader(handle)
+                columns = list(reader.fieldnames or [])
+                raw = [{key: _unquote(value or "") for key, value in entry.items()} for entry in reader]
+            elif suffix == ".jsonl":
+                raw = [json.loads(line) for line in handle if line.strip()]
+            else:
+                raw = json.load(handle)
+        except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a readable score file ({err})") from err
+    if suffix != ".csv":
+        if not isinstance(raw, list) or not all(isinstance(entry, dict) for entry in raw):
+            raise ValueError(f"{path}: a JSON score file holds one object per image")
+        columns = list(dict.fromkeys(key for entry in raw for key in entry))
+    if not {"path", "score"} <= set(columns) or any("path" not in entry for entry in raw):
+        raise ValueError(f"{path}: needs the columns path and score (as `qualiclip score` writes them)")
+    known = {*SCORE_COLUMNS, "error"}
+    pair_names = [column for column in columns if column not in known]
+    rows = []
+    for entry in raw:
+        row = {"path": str(entry["path"]), "score": _number(entry.get("score"), float)}
+        row.update(width=_number(entry.get("width"), int), height=_number(entry.get("height"), int))
+        row.update({name: _number(entry.get(name), float) for name in pair_names})
+        row["error"] = entry.get("error") or None
+        rows.append(row)
+    return ScoreFile(path, rows, pair_names)

@@ -48,7 +48,8 @@ def add_parser(commands: Any) -> None:
     evaluate.add_argument(
         "--predictions",
         type=Path,
-        help="evaluate the scores in this CSV (path,score[,error], as `qualiclip score` writes) instead of QualiCLIP's",
+        help="evaluate the scores in this file (path,score[,error] CSV, JSONL or JSON, as `qualiclip score` writes) "
+        "instead of QualiCLIP's",
     )
     scoring_arguments(evaluate)
     evaluate.set_defaults(run=run)
