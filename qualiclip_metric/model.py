@@ -26,6 +26,8 @@ from qualiclip_metric.inputs import as_image_batch, validate_threads
 from qualiclip_metric.integrity import Verify
 from qualiclip_metric.precision import PRECISIONS, Precision, compute_context, validate_precision
 from qualiclip_metric.precision import cuda_tf32 as cuda_tf32  # re-exported: it lived here before precision.py
+from qualiclip_metric.quality_map import DEFAULT_CHUNK_SIZE
+from qualiclip_metric.quality_map import quality_map as _quality_map
 from qualiclip_metric.runtimes import Backend, check_backend, validate_backend
 
 if TYPE_CHECKING:
@@ -311,6 +313,33 @@ class QualiCLIP(nn.Module):
         if runtime is not None:
             return runtime(x)["scores"]
         return self.pair_probabilities_from_features(self._torch_features(x)).mean(dim=-1)
+
+    def quality_map(
+        self,
+        images: Tensor,
+        patch: int = 224,
+        stride: int = 112,
+        *,
+        per_pair: bool = False,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        data_range: float = 1.0,
+    ) -> Tensor:
+        """Where an image is good or bad: the score of every window, (N, rows, cols) or (N, P, rows, cols).
+
+        Cell (i, j) is ``self(crop)`` of the ``patch``-pixel window at ``(i * stride, j * stride)``, the last
+        row and column aligned to the bottom and right borders; ``per_pair`` gives the pair probabilities
+        instead. Arguments, memory and gradients: :func:`qualiclip_metric.quality_map.quality_map`.
+
+        Raises:
+            ValueError: invalid images, or ``patch``, ``stride``, ``chunk_size`` not positive integers, or
+                ``stride > patch``.
+
+        Examples:
+            >>> model.quality_map(torch.rand(3, 500, 500)).shape  # doctest: +SKIP
+            torch.Size([1, 4, 4])
+        """
+        options = {"per_pair": per_pair, "chunk_size": chunk_size, "data_range": data_range}
+        return _quality_map(self, images, patch, stride, **options)
 
     # -- weights -------------------------------------------------------------------------------
 
