@@ -71,19 +71,23 @@ def weights_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offline", action="store_true", help="use only cached files (like HF_HUB_OFFLINE=1)")
 
 
-def scoring_arguments(parser: argparse.ArgumentParser) -> None:
-    """Weights, device, precision and decoding options shared by ``score`` and ``evaluate``."""
-    parser.add_argument(
-        "--batch-size",
-        type=positive_int,
-        help="images per forward pass (default: 1 on the CPU, where batching is slower, 16 on GPUs)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=integer_at_least(0),
-        default=2,
-        help="decoding processes; 0 decodes in the main process (default 2)",
-    )
+def scoring_arguments(parser: argparse.ArgumentParser, batching: bool = True) -> None:
+    """Weights, device, precision and decoding options shared by ``score``, ``evaluate`` and ``map``.
+
+    ``batching=False`` leaves out ``--batch-size`` and ``--workers`` (options of :func:`score_paths`).
+    """
+    if batching:
+        parser.add_argument(
+            "--batch-size",
+            type=positive_int,
+            help="images per forward pass (default: 1 on the CPU, where batching is slower, 16 on GPUs)",
+        )
+        parser.add_argument(
+            "--workers",
+            type=integer_at_least(0),
+            default=2,
+            help="decoding processes; 0 decodes in the main process (default 2)",
+        )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument(
         "--precision",
