@@ -7,10 +7,12 @@ same errors for the same mistakes.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -242,14 +244,74 @@ def load_image(
     return tensor
 
 
-def collect_image_files(paths: list[str | os.PathLike], recursive: bool = False) -> list[Path]:
-    """Expand directories to the image files they contain (sorted); files given by name are kept as is."""
-    files: list[Path] = []
-    for entry in map(Path, paths):
-        if entry.is_dir():
-            pattern = entry.rglob("*") if recursive else entry.iterdir()
-            found = sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            files.extend(found)
+#: Characters that make a path argument a glob pattern when no file of that name exists.
+GLOB_CHARACTERS = ("*", "?", "[")
+
+
+def read_path_list(source: str | os.PathLike) -> list[str]:
+    """The paths listed in a text file, one a line, for lists too long for a command line.
+
+    ``"-"`` reads standard input. Lines are taken as they are (spaces included), without their line ending;
+    blank lines and lines that start with ``#`` are skipped. Relative paths are relative to the current
+    folder, not to the list's.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not UTF-8 text.
+    """
+    try:
+        if str(source) == "-":
+            text = sys.stdin.buffer.read().decode("utf-8")
         else:
-            files.append(entry)
+            text = Path(source).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{source}: a list of paths must be UTF-8 text ({err.reason} at byte {err.start})") from None
+    lines = (line.removesuffix("\r") for line in text.split("\n"))
+    return [line for line in lines if line.strip() and not line.startswith("#")]
+
+
+def collect_image_files(
+    paths: Sequence[str | os.PathLike], recursive: bool = False, files_from: str | os.PathLike | None = None
+) -> list[Path]:
+    """The files to score: folders expanded to the image files they contain, glob patterns to what they match.
+
+    Each entry, and each path listed in ``files_from`` (after ``paths``), is taken as a shell would hand it
+    over: a file named is kept as is, whatever its extension, and also when it does not exist (scoring it
+    reports the error); a folder gives its image files (by extension, sorted; ``recursive`` descends into
+    sub-folders); a name that does not exist but holds ``*``, ``?`` or ``[`` is a pattern, expanded with
+    :func:`glob.glob` (``**`` matches any depth of folders, hidden names are left out) and its sorted matches
+    are taken the same way.
+
+    Args:
+        paths: files, folders and patterns.
+        recursive: descend into the sub-folders of folders.
+        files_from: a list of more paths, one a line (see :func:`read_path_list`; ``"-"`` is standard input).
+
+    Raises:
+        ValueError: a pattern matches nothing, or ``files_from`` is not UTF-8 text.
+        OSError: ``files_from`` cannot be read.
+
+    Examples:
+        >>> collect_image_files(["photos/**/*.jpg", "extra.png"])  # doctest: +SKIP
+        [PosixPath('photos/a.jpg'), PosixPath('photos/trip/b.jpg'), PosixPath('extra.png')]
+    """
+    entries = [*map(str, paths), *(read_path_list(files_from) if files_from is not None else [])]
+    files: list[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if not path.exists() and any(character in entry for character in GLOB_CHARACTERS):
+            matches = sorted(glob.glob(entry, recursive=True))
+            if not matches:
+                raise ValueError(f"no file or folder matches the pattern {entry!r}")
+            files.extend(found for match in matches for found in _expand(Path(match), recursive))
+        else:
+            files.extend(_expand(path, recursive))
     return files
+
+
+def _expand(entry: Path, recursive: bool) -> list[Path]:
+    """A folder's image files (sorted), or the file itself."""
+    if not entry.is_dir():
+        return [entry]
+    pattern = entry.rglob("*") if recursive else entry.iterdir()
+    return sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
