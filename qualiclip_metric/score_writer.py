@@ -1,8 +1,13 @@
-"""Writing per-image results as CSV, JSON lines or one JSON document, without ever losing a file.
+"""Writing per-image results as CSV, JSON lines or one JSON document without ever losing a file, and reading
+them back to continue a run.
 
-Output goes to a temporary file beside the target and replaces it only when the run is complete, so an
-existing result survives a failed or interrupted run. Every value written is valid in its format: JSON
-never holds NaN, and CSV text cells that a spreadsheet would run as a formula are quoted.
+CSV and JSON lines go row by row to a journal beside the target, ``.NAME.journal.partial``, flushed after every
+row, so a run stopped at any moment (even by ``kill -9``) leaves whole rows there; the journal becomes the target
+only when the run is complete, so an existing result survives a failed or interrupted run. A JSON document is
+staged in a temporary file and written at the end. :func:`plan_resume` reads what an output and its leftovers
+hold (a last line cut short is dropped) and :func:`write_scores` with ``resume=`` continues it. Every value
+written is valid in its format: JSON never holds NaN, and CSV text cells that a spreadsheet would run as a
+formula are quoted.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -21,19 +27,59 @@ from typing import IO, Any
 from qualiclip_metric.checkpoint import umask_mode
 
 FORMATS = (".csv", ".json", ".jsonl")
+#: The formats written row by row, which a run can continue (a JSON document is written once, at the end).
+RESUMABLE_FORMATS = (".csv", ".jsonl")
 #: First characters that make a spreadsheet treat a cell as a formula (OWASP's list).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+#: The journal is synced to the disk at least this often (seconds); every row is flushed to the OS at once.
+SYNC_INTERVAL = 2.0
 
 
 class OutputError(OSError):
     """The output file cannot be written: a missing folder, a directory in its place, no permission, a full disk."""
 
 
-def check_output(path: Path) -> None:
-    """Refuse, before any work, an output that cannot be written; creates nothing that stays."""
-    if path.suffix.lower() not in FORMATS:
+class ScoreFileError(ValueError):
+    """An existing output cannot be continued: it is no score file, has other columns, or holds a damaged row."""
+
+
+def partial_path(path: Path) -> Path:
+    """Where an interrupted run keeps its rows when ``path`` existed before it: ``path.partial``."""
+    return path.with_name(path.name + ".partial")
+
+
+def journal_path(path: Path) -> Path:
+    """The file a run appends its rows to while it runs: ``.NAME.journal.partial`` beside ``path``."""
+    return path.with_name(f".{path.name}.journal.partial")
+
+
+def check_output(path: Path, *, resume: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written; creates nothing that stays.
+
+    Without ``resume``, the rows an interrupted run left for ``path`` (``path.partial`` or the journal) are
+    refused too, so that no run replaces them; with ``resume``, a JSON document is refused.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
         raise OutputError(f"--output must end in {', '.join(FORMATS)}, got {path}")
+    if resume and suffix not in RESUMABLE_FORMATS:
+        raise OutputError(
+            f"--resume needs a .csv or .jsonl output, got {path}: a .json document is written once, at the end, "
+            "and cannot be continued"
+        )
     check_writable(path)
+    if suffix not in RESUMABLE_FORMATS:
+        return
+    journal = journal_path(path)
+    if _is_locked(journal):
+        raise OutputError(f"{path}: another run is writing it now ({journal} is locked)")
+    if not resume:
+        for leftover in (partial_path(path), journal):
+            if leftover.exists():
+                raise OutputError(
+                    f"{leftover} holds the rows of an interrupted run: continue it with --resume, "
+                    "or delete that file to start over"
+                )
 
 
 def check_writable(path: Path) -> None:
@@ -66,6 +112,14 @@ def finite_or_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite_or_none(item) for item in value]
     return value
+
+
+def written_path(path: str | os.PathLike, format: str) -> str:
+    """The path cell a run writes for ``path`` (``str(path)``, quoted as :func:`spreadsheet_safe` in CSV).
+
+    Rows are matched to inputs by this text, so a resumed run must name its files as the first run did.
+    """
+    return spreadsheet_safe(str(path)) if format == ".csv" else str(path)
 
 
 def write_json_atomically(path: Path, document: Any) -> None:
@@ -129,68 +183,482 @@ class _Staged:
         self.temporary.unlink(missing_ok=True)
 
 
+def _lock(handle: int) -> bool:
+    """Take the journal's lock (``flock``, held until the file is closed); False when another process holds it.
+
+    Where ``fcntl`` is missing (Windows) nothing is locked and two runs on one output are not detected.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _is_locked(path: Path) -> bool:
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return not _lock(handle)
+    finally:
+        os.close(handle)  # releases the lock taken to test
+
+
+class _Rows:
+    """Rows encoded as ``format`` on ``stream``: a CSV header and rows, JSON lines, or a JSON array at the end."""
+
+    def __init__(self, stream: IO[str], format: str, columns: Sequence[str]) -> None:
+        self.stream, self.format, self.columns = stream, format, list(columns)
+        self.document: list[dict[str, Any]] = []
+        if format == ".csv":
+            self.csv = csv.DictWriter(stream, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
+
+    def header(self) -> None:
+        if self.format == ".csv":
+            self.csv.writeheader()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.format == ".csv":  # already quoted cells (rows read back) pass unchanged: the quoting is idempotent
+            self.csv.writerow({key: ("" if value is None else spreadsheet_safe(value)) for key, value in row.items()})
+        elif self.format == ".jsonl":
+            self.stream.write(json.dumps(finite_or_none(row), allow_nan=False) + "\n")
+        else:
+            self.document.append(row)
+
+    def finish(self) -> None:
+        if self.format == ".json":
+            self.stream.write(json.dumps(finite_or_none(self.document), indent=2, allow_nan=False) + "\n")
+
+
+class _Journal:
+    """``.NAME.journal.partial``: rows appended, flushed one by one and synced every few seconds; locked while written.
+
+    A fresh run creates it and refuses one that exists; a resumed run appends after its last whole row (a row
+    cut short by a kill is removed first).
+    """
+
+    def __init__(self, output: Path, format: str, resume: bool) -> None:
+        self.output, self.path = output, journal_path(output)
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | (0 if resume else os.O_EXCL)
+        try:
+            handle = os.open(self.path, flags, 0o666)
+        except FileExistsError:
+            raise OutputError(
+                f"{self.path} holds the rows of an interrupted run: continue it with --resume, "
+                "or delete that file to start over"
+            ) from None
+        except OSError as err:
+            raise OutputError(f"{output}: cannot write {self.path}: {err.strerror or err}") from err
+        try:
+            if not _lock(handle):
+                raise OutputError(f"{output}: another run is writing it now ({self.path} is locked)")
+            if resume:  # read under the lock: no other run appends now
+                data = self.path.read_bytes()
+                end = _whole_rows_end(data, self.path, format)
+                if end < len(data):
+                    os.ftruncate(handle, end)
+        except BaseException:
+            os.close(handle)
+            raise
+        self.empty = os.fstat(handle).st_size == 0
+        self.stream: IO[str] = os.fdopen(handle, "a", encoding="utf-8", newline="")
+        self.synced = time.monotonic()
+
+    def flush(self) -> None:
+        self.stream.flush()
+        if time.monotonic() - self.synced > SYNC_INTERVAL:
+            os.fsync(self.stream.fileno())
+            self.synced = time.monotonic()
+
+    def sync(self) -> None:
+        if not self.stream.closed:
+            self.stream.flush()
+            os.fsync(self.stream.fileno())
+
+    def commit(self, target: Path) -> Path:
+        """Put the journal in place as ``target`` (renamed while still locked, so no other run takes it)."""
+        try:
+            self.sync()
+            os.replace(self.path, target)
+        except OSError as err:
+            raise OutputError(f"{target}: cannot write: {err.strerror or err}") from err
+        finally:
+            self.close()
+        return target
+
+    def close(self) -> None:
+        if not self.stream.closed:
+            self.stream.close()
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
 class ScoreWriter:
     """Rows of one run to a file (``path``) or to standard output, in the format of the file's suffix.
 
-    CSV and JSON lines are written and flushed row by row; a JSON document is written at the end.
-    :meth:`close` puts the complete file in place; :meth:`interrupt` keeps the rows written so far
-    without replacing a file that existed before the run.
+    CSV and JSON lines are appended to the journal and flushed row by row; a JSON document is written at the
+    end. :meth:`close` puts the complete file in place; :meth:`interrupt` keeps the rows written so far without
+    replacing a file that existed before the run. With ``resume`` (the run's inputs, in order) the rows go to the
+    journal after those of earlier runs, and :meth:`close` and :meth:`interrupt` rewrite ``path`` with everything
+    ``path``, ``path.partial`` and the journal hold: one row per path, the inputs' first in their order.
     """
 
-    def __init__(self, path: Path | None, columns: list[str]) -> None:
+    def __init__(
+        self, path: Path | None, columns: list[str], *, resume: Sequence[str | os.PathLike] | None = None
+    ) -> None:
         self.path, self.columns = path, columns
         self.format = path.suffix.lower() if path is not None else ".csv"
-        self.rows: list[dict[str, Any]] = []
+        if resume is not None and (path is None or self.format not in RESUMABLE_FORMATS):
+            raise ValueError("Argument `resume` needs a .csv or .jsonl output file")
+        self.resume = list(resume) if resume is not None else None
         self.count = 0
-        self._staged = _Staged(path) if path is not None else None
-        self.stream: IO[str] = self._staged.stream if self._staged else sys.stdout
-        if self.format == ".csv":
-            self.csv = csv.DictWriter(self.stream, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-            self._guard(self.csv.writeheader)
+        self._done: Path | None = None  # where the complete output went
+        self._staged: _Staged | None = None
+        self._journal: _Journal | None = None
+        if path is None:
+            self.stream: IO[str] = sys.stdout
+        elif self.format in RESUMABLE_FORMATS:
+            self._journal = _Journal(path, self.format, resume=self.resume is not None)
+            self.stream = self._journal.stream
+        else:
+            self._staged = _Staged(path)
+            self.stream = self._staged.stream
+        self._rows = _Rows(self.stream, self.format, columns)
+        if self._journal is None or self._journal.empty:
+            self._guard(self._rows.header)
 
-    def _guard(self, action: Any, *args: Any) -> None:
+    def _guard(self, action: Callable[..., Any], *args: Any) -> None:
         try:
             action(*args)
-            self.stream.flush()
+            if self._journal is not None:
+                self._journal.flush()
+            else:
+                self.stream.flush()
         except OSError as err:  # a full disk, say
-            if self._staged is not None:
-                self._staged.discard()
+            self.discard()
             raise OutputError(f"{self.path or 'standard output'}: cannot write: {err.strerror or err}") from err
 
     def write(self, row: dict[str, Any]) -> None:
         self.count += 1
-        if self.format == ".csv":
-            self._guard(self.csv.writerow, {k: ("" if v is None else spreadsheet_safe(v)) for k, v in row.items()})
-        elif self.format == ".jsonl":
-            self._guard(self.stream.write, json.dumps(finite_or_none(row), allow_nan=False) + "\n")
-        else:
-            self.rows.append(row)
-
-    def _finish_document(self) -> None:
-        if self.format == ".json":
-            self._guard(self.stream.write, json.dumps(finite_or_none(self.rows), indent=2, allow_nan=False) + "\n")
+        self._guard(self._rows.write, row)
 
     def close(self) -> None:
         """Complete the output and put it in place (replacing an older file of that name)."""
-        self._finish_document()
-        if self._staged is not None:
-            self._staged.commit()
+        self._guard(self._rows.finish)
+        if self.resume is not None:
+            self._done = self._rewrite()
+        elif self._journal is not None:
+            self._done = self._journal.commit(self.path)
+        elif self._staged is not None:
+            self._done = self._staged.commit()
 
     def interrupt(self) -> Path | None:
-        """Keep the rows written so far: at ``path`` if nothing was there, else beside it as ``path.partial``."""
-        if self._staged is None:
-            return None
-        self._finish_document()
-        target = self.path if not self.path.exists() else self.path.with_name(self.path.name + ".partial")
+        """Keep the rows written so far: at ``path`` if nothing was there, else beside it as ``path.partial``.
+
+        A resumed run puts them into ``path`` with what it already held, which a later resume continues.
+        """
+        if self.path is None or self._done is not None:  # Ctrl-C after the output was complete
+            return self._done
+        if self.resume is not None:
+            return self._rewrite()
+        self._guard(self._rows.finish)
+        target = self.path if not self.path.exists() else partial_path(self.path)
+        if self._journal is not None:
+            return self._journal.commit(target)
         return self._staged.commit(target)
 
     def discard(self) -> None:
+        """Remove what this run wrote: a journal it created or its staged file (a resumed journal is kept)."""
         if self._staged is not None:
             self._staged.discard()
+        if self._journal is not None:
+            if self.resume is None:
+                self._journal.discard()
+            else:
+                self._journal.close()
+
+    def abandon(self) -> None:
+        """Stop writing after an unexpected error; the journal stays, as after a kill, for a resumed run."""
+        if self._journal is not None:
+            self._journal.close()
+        elif self._staged is not None:
+            self._staged.discard()
+
+    def _rewrite(self) -> Path:
+        """``path`` rewritten in input order from itself and its leftovers, which are then removed."""
+        assert self.path is not None and self._journal is not None and self.resume is not None
+        try:
+            self._journal.sync()
+            stored = read_stored_scores(self.path)
+            columns = self.columns if stored.columns is None else _in_order(self.columns, stored.columns)
+            with _Staged(self.path) as staged:
+                rows = _Rows(staged.stream, self.format, columns)
+                rows.header()
+                for row in stored.ordered(self.resume):
+                    rows.write(row)
+            partial_path(self.path).unlink(missing_ok=True)
+            self._journal.path.unlink(missing_ok=True)
+        except OSError as err:
+            raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from err
+        finally:
+            self._journal.close()
+        return self.path
+
+
+def _in_order(columns: Sequence[str], found: Sequence[str]) -> list[str]:
+    """The columns a file holds, in this run's order where they are this run's (a resume checks they are)."""
+    return [name for name in columns if name in found] + [name for name in found if name not in columns]
 
 
 #: The columns of every score file, whichever scorer wrote it; per-pair columns go before ``error``.
 SCORE_COLUMNS = ("path", "score", "width", "height")
+
+
+# -- continuing an output ------------------------------------------------------------------------------------
+# A resumed run reads the files it continues here rather than through read_scores: cells stay as written, so
+# that rewriting them keeps them byte for byte, a row cut short by a kill is told apart from a damaged file,
+# and columns are checked against the run's.
+
+
+def _decode(data: bytes, source: Path) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        reason = f"not UTF-8 text: {err.reason} at byte {err.start}"
+        raise ScoreFileError(f"{source} is not a score file ({reason})") from None
+
+
+def _lines(text: str) -> list[str]:
+    """Lines ending in ``\\n`` (only that character ends a line: a ``\\r`` inside a quoted cell does not)."""
+    return [line + "\n" for line in text.split("\n")[:-1]]
+
+
+def _read_csv(data: bytes, source: Path) -> tuple[list[str] | None, list[dict[str, Any]], int]:
+    """Header, rows and the byte length of the whole rows; a row cut short at the end is left out."""
+    lines = _lines(_decode(data[: data.rfind(b"\n") + 1], source))  # a last line without its newline was cut short
+    consumed = 0
+
+    def feed() -> Iterator[str]:
+        nonlocal consumed
+        for line in lines:
+            consumed += 1
+            yield line
+
+    reader = csv.reader(feed(), strict=True)
+    header: list[str] | None = None
+    rows: list[dict[str, Any]] = []
+    whole = 0  # lines holding whole records
+    try:
+        for record in reader:
+            if header is None:
+                header = record if record else None
+            elif record and len(record) != len(header):
+                raise ScoreFileError(
+                    f"{source}, line {reader.line_num}: {len(record)} cells for {len(header)} columns; "
+                    "not a score file, or damaged"
+                )
+            elif record:
+                rows.append(dict(zip(header, record, strict=True)))
+            whole = reader.line_num
+    except csv.Error as err:
+        if consumed < len(lines):  # an error before the end is damage; at the end, a quoted cell cut short
+            raise ScoreFileError(f"{source}, line {reader.line_num}: not CSV ({err})") from None
+    return header, rows, len("".join(lines[:whole]).encode("utf-8"))
+
+
+def _read_jsonl(data: bytes, source: Path) -> tuple[list[str] | None, list[dict[str, Any]], int]:
+    end = data.rfind(b"\n") + 1  # a last line without its newline was cut short
+    columns: list[str] | None = None
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(_lines(_decode(data[:end], source)), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise ScoreFileError(f"{source}, line {number}: not a JSON object; not a score file, or damaged")
+        if columns is None:
+            columns = list(row)
+        elif set(row) != set(columns):
+            raise ScoreFileError(f"{source}, line {number}: other keys than line 1 ({', '.join(row)})")
+        rows.append(row)
+    return columns, rows, end
+
+
+def _read_rows(data: bytes, source: Path, format: str) -> tuple[list[str] | None, list[dict[str, Any]], int]:
+    return _read_csv(data, source) if format == ".csv" else _read_jsonl(data, source)
+
+
+def _whole_rows_end(data: bytes, source: Path, format: str) -> int:
+    return _read_rows(data, source, format)[2]
+
+
+def is_scored(row: dict[str, Any]) -> bool:
+    """A row with a finite score and no error (as read from CSV, where every cell is text, or from JSON)."""
+    score, error = row.get("score"), row.get("error")
+    if error not in (None, ""):
+        return False
+    if isinstance(score, str):
+        try:
+            score = float(score)
+        except ValueError:
+            return False
+    return isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)
+
+
+@dataclass
+class StoredScores:
+    """What an output holds with its leftovers: one row per path cell, in the order the paths first appear.
+
+    Read from ``FILE``, then ``FILE.partial``, then the journal; for a path in several rows, the last scored
+    row wins, and a failed row replaces only another failed one.
+    """
+
+    format: str
+    columns: list[str] | None = None
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sources: list[Path] = field(default_factory=list)
+
+    @property
+    def pair_names(self) -> list[str]:
+        """The per-pair columns (those between ``height`` and ``error``)."""
+        fixed = {*SCORE_COLUMNS, "error"}
+        return [name for name in self.columns or [] if name not in fixed]
+
+    def add(self, row: dict[str, Any]) -> None:
+        earlier = self.rows.get(row["path"])
+        if earlier is None or is_scored(row) or not is_scored(earlier):
+            self.rows[row["path"]] = row
+
+    def check_columns(self, *, per_pair: bool, pair_names: Sequence[str] | None = None) -> None:
+        """Refuse a file that a run with (``per_pair``) or without per-pair columns cannot continue.
+
+        ``pair_names``, when known, must be the file's per-pair columns exactly.
+
+        Raises:
+            ScoreFileError: not a score file, or other per-pair columns.
+        """
+        if self.columns is None:
+            return
+        source = self.sources[0]
+        if len(set(self.columns)) != len(self.columns) or not {*SCORE_COLUMNS, "error"} <= set(self.columns):
+            raise ScoreFileError(
+                f"{source} is not a score file (its columns are {', '.join(self.columns)}); "
+                f"a score file has {', '.join(SCORE_COLUMNS)}, [per-pair columns,] error"
+            )
+        found = self.pair_names
+        if per_pair and not found:
+            raise ScoreFileError(f"{source} has no per-pair columns: continue it without --per-pair")
+        if not per_pair and found:
+            raise ScoreFileError(f"{source} has per-pair columns ({', '.join(found)}): continue it with --per-pair")
+        if per_pair and pair_names is not None and set(found) != set(pair_names):
+            raise ScoreFileError(
+                f"{source} has the pair columns {', '.join(found)}, this model's pairs are {', '.join(pair_names)}: "
+                "continue it with the weights and prompts that wrote it"
+            )
+
+    def ordered(self, inputs: Sequence[str | os.PathLike]) -> Iterator[dict[str, Any]]:
+        """Each row once: those of ``inputs`` in their order, then those of other paths in the order read."""
+        done = set()
+        for path in inputs:
+            key = written_path(path, self.format)
+            if key in self.rows and key not in done:
+                done.add(key)
+                yield self.rows[key]
+        for key, row in self.rows.items():
+            if key not in done:
+                yield row
+
+
+def read_stored_scores(path: Path) -> StoredScores:
+    """The rows ``path``, ``path.partial`` and the journal hold (those that exist); reads, never writes.
+
+    Raises:
+        ScoreFileError: a file is no score file, the files have different columns, or a row is damaged.
+        OutputError: a file exists but cannot be read.
+    """
+    stored = StoredScores(path.suffix.lower())
+    for source in (path, partial_path(path), journal_path(path)):
+        try:
+            data = source.read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise OutputError(f"{source}: cannot read: {err.strerror or err}") from err
+        columns, rows, _ = _read_rows(data, source, stored.format)
+        if columns is None:
+            continue
+        if stored.columns is None:
+            stored.columns = columns
+        elif set(columns) != set(stored.columns):
+            raise ScoreFileError(
+                f"{source} has other columns ({', '.join(columns)}) than {stored.sources[0]} "
+                f"({', '.join(stored.columns)})"
+            )
+        stored.sources.append(source)
+        for row in rows:
+            if "path" not in row or not isinstance(row["path"], str) or not row["path"]:
+                raise ScoreFileError(f"{source} is not a score file (a row without a path: {row})")
+            stored.add(row)
+    return stored
+
+
+@dataclass
+class ResumePlan:
+    """What a resumed run keeps and scores: ``todo`` (inputs in order, each once) is what has no score yet."""
+
+    stored: StoredScores
+    todo: list[Any]
+    kept: int = 0
+    retried: int = 0  #: inputs whose rows all hold an error: scored again
+    foreign: int = 0  #: rows of paths that are not among the inputs: kept, after the inputs' rows
+
+
+def plan_resume(output: Path, inputs: Sequence[str | os.PathLike], *, per_pair: bool = False) -> ResumePlan:
+    """Read ``output`` (and what interrupted runs left beside it) and split ``inputs`` into kept and to score.
+
+    An input is kept when a row with its path cell (:func:`written_path`) has a finite score and no error;
+    inputs whose rows hold only errors are scored again.
+
+    Raises:
+        ScoreFileError: as :func:`read_stored_scores`, or columns that a run with (or without) ``per_pair``
+            cannot continue.
+
+    Examples:
+        >>> plan = plan_resume(Path("scores.csv"), ["a.png", "b.png"])  # doctest: +SKIP
+        >>> plan.kept, plan.todo  # doctest: +SKIP
+        (1, ['b.png'])
+    """
+    stored = read_stored_scores(output)
+    stored.check_columns(per_pair=per_pair)
+    plan = ResumePlan(stored, [])
+    seen = set()
+    for path in inputs:
+        key = written_path(path, stored.format)
+        if key in seen:
+            continue
+        seen.add(key)
+        row = stored.rows.get(key)
+        if row is not None and is_scored(row):
+            plan.kept += 1
+        else:
+            plan.todo.append(path)
+            plan.retried += row is not None
+    plan.foreign = sum(key not in seen for key in stored.rows)
+    return plan
+
+
+# -- the one writer of score files ----------------------------------------------------------------------------
 
 
 class ScoringInterrupted(Exception):
@@ -229,17 +697,28 @@ def write_scores(
     *,
     pair_names: Sequence[str] = (),
     progress: Callable[[], Any] | None = None,
+    resume: Sequence[str | os.PathLike] | None = None,
 ) -> ScoreSummary:
     """Write per-file results as a score file (format by suffix; CSV on standard output without ``output``).
 
     The one writer of score files: ``qualiclip score`` and the baselines' scoring commands call it, so
     their files have the same columns and ``qualiclip evaluate --predictions`` reads any of them.
 
+    Args:
+        results: the results, written in the order they come.
+        output: a ``.csv``, ``.jsonl`` or ``.json`` file, or None for CSV on standard output.
+        pair_names: the per-pair columns, between ``height`` and ``error``.
+        progress: called after each row.
+        resume: continue ``output`` (CSV or JSON lines) instead of replacing it: every input of the run, in
+            order. The results are those of the inputs :func:`plan_resume` left to score; at the end ``output``
+            holds one row per path, the inputs' in this order, then the rows of other paths it already held.
+
     Raises:
         OutputError: the file cannot be written; a file that existed before is left as it was.
-        ScoringInterrupted: Ctrl-C; the rows so far are kept (beside an existing file, as ``.partial``).
+        ScoringInterrupted: Ctrl-C; the rows so far are kept (beside an existing file, as ``.partial``; with
+            ``resume``, in ``output`` with the rows it held).
     """
-    writer = ScoreWriter(output, [*SCORE_COLUMNS, *pair_names, "error"])
+    writer = ScoreWriter(output, [*SCORE_COLUMNS, *pair_names, "error"], resume=resume)
     summary = ScoreSummary()
     try:
         for result in results:
@@ -255,8 +734,11 @@ def write_scores(
         writer.close()
     except KeyboardInterrupt:
         raise ScoringInterrupted(writer.count, writer.interrupt()) from None
-    except BaseException:
+    except OutputError:
         writer.discard()
+        raise
+    except BaseException:
+        writer.abandon()
         raise
     return summary
 
