@@ -1,0 +1,259 @@
+"""``qualiclip score --resume``: runs stopped at any moment (kill -9, SIGTERM, Ctrl-C) are continued, not redone.
+
+The real command runs as a subprocess on small generated images, one thread and batches of one, so that a
+run is slow enough to be stopped midway and its scores are those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from test_cli import qualiclip_command
+
+from qualiclip_metric.score_writer import ScoreFileError, plan_resume
+
+COUNT = 40
+MISSING_WEIGHTS = "/nonexistent/weights.pth"  # exit code 3 if anything tried to load them
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def work(module_tmp_path) -> Path:
+    """A folder holding ``images/`` (COUNT small PNGs); commands run inside it and name files relative to it."""
+    from conftest import make_images
+
+    folder = module_tmp_path / "images"
+    folder.mkdir()
+    for index, image in enumerate(make_images(COUNT, 64, 64, seed=77)):
+        array = (image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        Image.fromarray(array).save(folder / f"im_{index:03d}.png")
+    return module_tmp_path
+
+
+def command(work: Path, official_pth: Path, *args: str) -> list[str]:
+    return [*qualiclip_command(), "score", *args, "--weights", str(official_pth), "--workers", "0", "--batch-size", "1"]
+
+
+def run(work: Path, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=work, env=ENV, capture_output=True, text=True, input=stdin)
+
+
+def start(work: Path, args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=work, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_rows(journal: Path, rows: int, process: subprocess.Popen, header: bool) -> None:
+    """Poll the journal until it holds ``rows`` whole rows (the command flushes each row as it is scored)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= rows + header:
+            return
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before writing {rows} rows: {process.communicate()[1]}")
+        time.sleep(0.02)
+    pytest.fail("no rows appeared")
+
+
+def read_rows(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def score_of(row: dict) -> float | None:
+    value = row["score"]
+    return None if value in (None, "") else float(value)
+
+
+@pytest.fixture(scope="module")
+def reference(work: Path, official_pth: Path) -> dict[str, float]:
+    """Scores of one uninterrupted run, by path, in input order."""
+    result = run(work, command(work, official_pth, "images", "--output", "reference.jsonl", "--quiet"))
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(work / "reference.jsonl")
+    assert [row["path"] for row in rows] == [f"images/im_{index:03d}.png" for index in range(COUNT)]
+    return {row["path"]: row["score"] for row in rows}
+
+
+def assert_complete(rows: list[dict], reference: dict[str, float], unchanged: dict[str, float] = {}) -> None:  # noqa: B006
+    """One row per input, in input order, with the uninterrupted run's scores (``unchanged``: the scores given)."""
+    assert [row["path"] for row in rows] == list(reference)
+    for row in rows:
+        assert row["error"] in (None, ""), row
+        expected = unchanged.get(row["path"], reference[row["path"]])
+        assert abs(score_of(row) - expected) <= 1e-6, (row, expected)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_run_killed_with_sigkill_is_continued_by_resume(suffix, work, official_pth, reference):
+    output = work / f"killed{suffix}"
+    journal = work / f".killed{suffix}.journal.partial"
+    header = suffix == ".csv"
+    process = start(work, command(work, official_pth, "images", "--output", output.name))
+    wait_for_rows(journal, 4, process, header)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not output.exists()  # the run did not finish: its rows are in the journal only
+
+    # Cut the last whole row in the middle, as a kill during its write would; fail one row, as a transient
+    # error would (it is scored again); give another a score no run computes (it is kept as it is).
+    data = journal.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    lines = whole.decode().splitlines(keepends=True)
+    rows_before = lines[header:]
+    assert 4 <= len(rows_before) < COUNT
+    torn, complete = rows_before[-1], rows_before[:-1]
+    if header:
+        first, second = (line.split(",") for line in complete[:2])
+        complete[0] = ",".join([first[0], "", first[2], first[3], "a transient failure\n"])
+        complete[1] = ",".join([second[0], "0.125", *second[2:]])
+    else:
+        first, second = json.loads(complete[0]), json.loads(complete[1])
+        complete[0] = json.dumps({**first, "score": None, "error": "a transient failure"}) + "\n"
+        complete[1] = json.dumps({**second, "score": 0.125}) + "\n"
+    journal.write_text("".join(lines[:header] + complete) + torn[: len(torn) // 2], encoding="utf-8")
+    kept = len(complete) - 1
+
+    result = run(work, command(work, official_pth, "images", "--output", output.name, "--resume"))
+    assert result.returncode == 0, result.stderr
+    todo = COUNT - kept
+    assert f"kept {kept} of {COUNT} images, {todo} to score (1 that failed before)" in result.stderr
+    assert f"scored {todo} of {todo} images" in result.stderr
+    rows = read_rows(output)
+    assert_complete(rows, reference, unchanged={f"images/im_{1:03d}.png": 0.125})
+    text = output.read_text(encoding="utf-8")
+    assert all(line in text for line in complete[1:])  # the kept rows, byte for byte
+    assert not journal.exists() and not (work / f"killed{suffix}.partial").exists()
+
+
+def test_sigterm_and_sigint_stop_with_one_line_and_resume_continues(work, official_pth, reference):
+    output, journal = work / "stopped.csv", work / ".stopped.csv.journal.partial"
+    plain = command(work, official_pth, "images", "--output", output.name)
+
+    # SIGTERM (kill, timeout, schedulers) stops a run as Ctrl-C does; no file was there, so the rows go to it.
+    process = start(work, [*plain, "--quiet"])
+    wait_for_rows(journal, 3, process, header=True)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    first = read_rows(output)
+    assert f"interrupted after {len(first)} of {COUNT} images" in stderr
+    assert f"the results so far are in {output.name} (--resume continues)" in stderr
+    assert 3 <= len(first) < COUNT and [row["path"] for row in first] == list(reference)[: len(first)]
+    assert not journal.exists()
+    first_text = output.read_text(encoding="utf-8")
+
+    # Ctrl-C during a resumed run: the file then holds the earlier rows and the new ones, in input order.
+    process = start(work, [*plain, "--resume"])
+    wait_for_rows(journal, 3, process, header=True)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and f"resuming {output.name}: kept {len(first)} of {COUNT}" in stderr
+    second = read_rows(output)
+    assert len(first) + 3 <= len(second) < COUNT and [row["path"] for row in second] == list(reference)[: len(second)]
+    assert output.read_text(encoding="utf-8").startswith(first_text)
+    assert f"interrupted after {len(second) - len(first)} of {COUNT - len(first)} images" in stderr
+
+    result = run(work, [*plain, "--resume"])
+    assert result.returncode == 0, result.stderr
+    assert f"kept {len(second)} from {output.name}" in result.stderr
+    assert_complete(read_rows(output), reference)
+
+
+def test_files_from_a_list_and_glob_patterns(work, official_pth, reference):
+    (work / "list.txt").write_text("# chosen by hand\n\nimages/im_005.png\nimages/im_002.png\n", encoding="utf-8")
+    args = ["images/**/im_01*.png", "--files-from", "list.txt", "--output", "listed.jsonl"]
+    result = run(work, command(work, official_pth, *args))
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(work / "listed.jsonl")
+    expected = [f"images/im_{index:03d}.png" for index in (*range(10, 20), 5, 2)]
+    assert [row["path"] for row in rows] == expected  # the pattern's matches sorted, then the list's order
+    for row in rows:
+        assert abs(row["score"] - reference[row["path"]]) <= 1e-6
+
+
+def test_paths_from_stdin_order_a_resumed_file_and_other_rows_stay_at_its_end(work, reference):
+    """A complete output needs no model: the run only puts the rows in the order of the list it reads."""
+    output = work / "complete.csv"
+    lines = ["path,score,width,height,error\n"] + [f"{path},{score!r},64,64,\n" for path, score in reference.items()]
+    lines.append("elsewhere/gone.png,0.5,64,64,\n")
+    output.write_text("".join(lines), encoding="utf-8")
+    listed = "images/im_003.png\nimages/im_001.png\n"
+    args = [*qualiclip_command(), "score", "--files-from", "-", "--resume", "--output", output.name]
+    result = run(work, [*args, "--weights", MISSING_WEIGHTS], stdin=listed)
+    assert result.returncode == 0, result.stderr
+    assert "kept 2 of 2 images, 0 to score; 39 rows of other files stay at the end" in result.stderr
+    rows = read_rows(output)
+    others = [path for path in reference if path not in ("images/im_003.png", "images/im_001.png")]
+    assert [row["path"] for row in rows] == ["images/im_003.png", "images/im_001.png", *others, "elsewhere/gone.png"]
+    assert sorted(output.read_text(encoding="utf-8").splitlines(keepends=True)) == sorted(lines)
+
+
+def test_bad_combinations_exit_2_and_change_no_file(work):
+    files = {
+        "scores.csv": "path,score,width,height,error\nimages/im_000.png,0.5,64,64,\n",
+        "mos.csv": "image,mos\nimages/im_000.png,3.5\n",
+        "left.csv": "path,score,width,height,error\n",
+        ".left.csv.journal.partial": "path,score,width,height,error\nimages/im_000.png,0.5,64,64,\n",
+    }
+    folder = work / "bad"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    (folder / "images").symlink_to(work / "images")
+    cases = [
+        (["images", "--resume"], "--resume continues an --output file"),
+        (["images", "--resume", "--output", "scores.json"], "--resume needs a .csv or .jsonl output"),
+        (["images", "--resume", "--output", "scores.csv", "--per-pair"], "has no per-pair columns"),
+        (["images", "--resume", "--output", "mos.csv"], "mos.csv is not a score file"),
+        (["images", "--output", "left.csv"], ".left.csv.journal.partial holds the rows of an interrupted run"),
+        (["images/none_*.png"], "no file or folder matches the pattern 'images/none_*.png'"),
+        (["--output", "scores.csv"], "give the images to score"),
+    ]
+    for args, message in cases:
+        result = run(folder, [*qualiclip_command(), "score", *args, "--weights", MISSING_WEIGHTS])
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+    assert {name: (folder / name).read_text(encoding="utf-8") for name in files} == files
+    assert sorted(path.name for path in folder.iterdir()) == sorted([*files, "images"])
+
+
+def test_rows_cut_short_are_dropped_and_damaged_files_refused(tmp_path):
+    """What a kill can leave (a last row cut short, also inside a quoted cell) from what it cannot (damage)."""
+    output = tmp_path / "scores.csv"
+    header = "path,score,width,height,error\n"
+    rows = "a.png,0.5,64,64,\nb.png,,64,64,a failure\n"
+    output.write_text(header + rows + 'c.png,,64,64,"two lines\n', encoding="utf-8")  # the quote never closes
+    inputs = ["a.png", "b.png", "c.png", "d.png", "a.png"]
+    plan = plan_resume(output, inputs)
+    assert (plan.todo, plan.kept, plan.retried, plan.foreign) == (["b.png", "c.png", "d.png"], 1, 1, 0)
+    output.write_text(header + rows + "c.png,0.4,6", encoding="utf-8")  # no newline: the row was cut short
+    assert plan_resume(output, inputs).todo == ["b.png", "c.png", "d.png"]
+    output.write_text(header + "c.png,0.4,6\n" + rows, encoding="utf-8")  # a short row with rows after it
+    with pytest.raises(ScoreFileError, match="line 2: 3 cells for 5 columns"):
+        plan_resume(output, inputs)
+    jsonl = tmp_path / "scores.jsonl"
+    good = json.dumps({"path": "a.png", "score": 0.5, "width": 64, "height": 64, "error": None})
+    jsonl.write_text(good + '\n{"path": "b.png", "sco\n' + good + "\n", encoding="utf-8")
+    with pytest.raises(ScoreFileError, match="line 2: not a JSON object"):
+        plan_resume(jsonl, inputs)
+    jsonl.write_text(good + '\n{"path": "b.png", "score": NaN', encoding="utf-8")
+    assert plan_resume(jsonl, inputs).kept == 1
+    pairs = tmp_path / "pairs.jsonl"
+    row = {"path": "a.png", "score": 0.5, "width": 64, "height": 64, "Sharp./Blurry.": 0.5, "error": None}
+    pairs.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(ScoreFileError, match=r"has per-pair columns \(Sharp./Blurry.\): continue it with --per-pair"):
+        plan_resume(pairs, inputs)
+    assert plan_resume(pairs, inputs, per_pair=True).kept == 1
