@@ -1,12 +1,14 @@
 """Remake the pictures of the documentation from committed data, so that none of them is a one-off.
 
 Each picture reads what the repository holds (evaluation reports and training metrics in docs/results,
-benchmark results in benchmarks/results) and writes one PNG into docs/images; only the quality map needs a
-model, given with ``--weights``. The report screenshot is made by ``benchmarks/bench_report.py``.
+benchmark results in benchmarks/results) and writes one PNG into docs/images. The quality map is the
+exception: it scores a Kodak photograph from ../shared/data/pristine with the weights given by
+``--weights`` (its default window, 112 pixels every 56, is the CPU run's crop size; ``--patch 224 --stride
+112`` suits the published weights). The report screenshot is made by ``benchmarks/bench_report.py``.
 
 Usage (from the repository root, with the ``plot`` extra and, for the quality map, the ``train`` extra)::
 
-    python docs/pictures.py --output docs/images                 # every picture
+    python docs/pictures.py --output docs/images                 # every picture (the map only with --weights)
     python docs/pictures.py scatter training --output docs/images
     python docs/pictures.py quality-map --weights runs/qualiclip-cpu/export/qualiclip-rn50
     python docs/pictures.py --list
@@ -45,6 +47,7 @@ class Picture:
     filename: str
     sources: tuple[str, ...]
     make: Callable[[Path, argparse.Namespace], str]
+    #: Made only when named or given ``--weights``: it runs a model instead of reading results.
     needs_weights: bool = False
 
 
@@ -405,6 +408,99 @@ def make_cold_start(path: Path, args: argparse.Namespace) -> str:
     return " and ".join(_relative(source) for source in sources)
 
 
+# --- quality map ------------------------------------------------------------------------------------------
+
+#: Kodak 21 (released by Kodak for unrestricted use), one of the 8 images the CPU run held out of training.
+MAP_PHOTO = "kodak/21.png"
+#: The degraded box (top, left, height, width) and what degrades it: the CPU run ranks white noise best.
+MAP_BOX = (40, 64, 240, 320)
+MAP_DISTORTION = ("whitenoise", 4)
+
+
+def _weights_label(weights: str) -> str:
+    """The weights as a reader can check them: the source, and the sha256 its config records, if any."""
+    config = Path(weights) / "config.json"
+    if config.is_file():
+        digests = list(json.loads(config.read_text()).get("files", {}).values())
+        if digests:
+            return f"{weights} (model sha256 {digests[0][:12]})"
+    return weights
+
+
+def make_quality_map(path: Path, args: argparse.Namespace) -> str:
+    """A held-out Kodak photograph, pristine and with white noise in a box, and the quality map of each.
+
+    Both maps come from the library (``QualiCLIP.quality_map`` and ``plotting.render_quality_map``) on
+    one colour scale, so the box's colour can be read against the same region of the pristine photo.
+    """
+    import io
+
+    import torch
+    from PIL import Image
+
+    from qualiclip_metric import QualiCLIP
+    from qualiclip_metric.inputs import load_image
+    from qualiclip_metric.plotting import render_quality_map
+    from qualiclip_metric.quality_map import upsample_quality_map
+    from training.degradations import degrade
+
+    if args.weights is None:
+        raise ValueError(
+            "the quality map needs --weights: the CPU run's export (docs/training.md) or the official weights"
+        )
+    photo = PRISTINE / MAP_PHOTO
+    pristine = load_image(photo)
+    top, left, height, width = MAP_BOX
+    name, level = MAP_DISTORTION
+    degraded = pristine.clone()
+    box = pristine[None, :, top : top + height, left : left + width]
+    degraded[:, top : top + height, left : left + width] = degrade(box, name, level, torch.Generator().manual_seed(0))[
+        0
+    ]
+    images = torch.stack([pristine, degraded])
+    model = QualiCLIP.from_pretrained(args.weights)
+    with torch.no_grad():
+        scores = model(images)
+        cells = model.quality_map(images, patch=args.patch, stride=args.stride)
+    limits = (float(cells.min()), float(cells.max()))
+    inside = torch.zeros(pristine.shape[-2:], dtype=torch.bool)
+    inside[top : top + height, left : left + width] = True
+    per_pixel = upsample_quality_map(cells, *pristine.shape[-2:], patch=args.patch, stride=args.stride)
+    means = [(float(m[inside].mean()), float(m[~inside].mean())) for m in per_pixel]
+    titles = (
+        f"Kodak {photo.stem}, pristine: box {means[0][0]:.3f}, elsewhere {means[0][1]:.3f}",
+        f"{name} level {level} in the box: box {means[1][0]:.3f}, elsewhere {means[1][1]:.3f}",
+    )
+    panels = [
+        Image.open(
+            io.BytesIO(
+                render_quality_map(
+                    images[k],
+                    cells[k],
+                    patch=args.patch,
+                    stride=args.stride,
+                    score=float(scores[k]),
+                    title=titles[k],
+                    limits=limits,
+                )
+            )
+        ).convert("RGB")
+        for k in range(2)
+    ]
+    joined = Image.new("RGB", (sum(panel.width for panel in panels), max(panel.height for panel in panels)), "white")
+    offset = 0
+    for panel in panels:
+        joined.paste(panel, (offset, 0))
+        offset += panel.width
+    # A photograph in a PNG is large; a 256-colour palette keeps the picture near 150 KB and the map legible.
+    joined.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
+    return (
+        f"{photo} with {name} level {level} in the box rows {top}-{top + height}, columns {left}-{left + width}; "
+        f"weights {_weights_label(args.weights)}; box mean {means[1][0]:.4f} (pristine {means[0][0]:.4f}), "
+        f"elsewhere {means[1][1]:.4f} (pristine {means[0][1]:.4f})"
+    )
+
+
 PICTURES: dict[str, Picture] = {
     "scatter": Picture("evaluation_scatter.png", ("docs/results/qualiclip_plus_cpu_export_clive.json",), make_scatter),
     "training": Picture(
@@ -429,6 +525,7 @@ PICTURES: dict[str, Picture] = {
         ("benchmarks/results/cold_start_cpu.json", "benchmarks/results/cold_start_cpu_amd-epyc.json"),
         make_cold_start,
     ),
+    "quality-map": Picture("quality_map.png", ("../shared/data/pristine/" + MAP_PHOTO,), make_quality_map, True),
 }
 
 
@@ -442,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--weights", default=None, help="QualiCLIP weights for the quality map (any from_pretrained source)"
     )
+    parser.add_argument("--patch", type=int, default=112, help="quality map window (default 112: the CPU run's crops)")
+    parser.add_argument("--stride", type=int, default=56, help="quality map stride (default 56)")
     parser.add_argument("--list", action="store_true", help="list the pictures and what each is made from")
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in PICTURES]
@@ -458,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.names or list(PICTURES):
         picture = PICTURES[name]
         target = args.output / picture.filename
+        if picture.needs_weights and args.weights is None and not args.names:
+            print(f"{name}: skipped (give --weights to make it)", file=sys.stderr)
+            continue
         try:
             made_from = picture.make(target, args)
         except (OSError, RuntimeError, ValueError) as err:
