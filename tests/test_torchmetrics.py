@@ -169,7 +169,9 @@ def free_port() -> int:
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_ddp_two_gloo_processes_equal_one_process(official_pth, model, reduction):
-    manager = mp.Manager()
+    # A spawned manager, not a forked one: by now the test process holds OpenVINO's and oneDNN's thread pools,
+    # which forking does not carry safely (a full run once ended in a segmentation fault at this test).
+    manager = mp.get_context("spawn").Manager()
     results = manager.dict()
     mp.spawn(ddp_worker, args=(2, free_port(), str(official_pth), reduction, results), nprocs=2, join=True)
     single = QualiCLIPScore(model, reduction=reduction)
