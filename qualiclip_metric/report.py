@@ -62,6 +62,36 @@ class ReportSummary:
     bytes: int
 
 
+@dataclass
+class ImageMap:
+    """One image's quality map: the window scores of ``QualiCLIP.quality_map`` and the grid they come from."""
+
+    #: (rows, cols) window scores.
+    cells: np.ndarray
+    #: Size of the image the map was computed on (after any ``max_size``), and the window grid.
+    height: int
+    width: int
+    patch: int = 224
+    stride: int = 112
+
+    def pixels(self, height: int, width: int) -> np.ndarray:
+        """The map at ``height`` x ``width``: each pixel the mean of the windows covering its place in the image.
+
+        Values come from :func:`qualiclip_metric.quality_map.piecewise_quality_map` (rectangles between
+        window borders), sampled at the centre of each output pixel.
+        """
+        import torch
+
+        from qualiclip_metric.quality_map import piecewise_quality_map
+
+        cells = torch.as_tensor(np.asarray(self.cells, dtype=np.float64))
+        row_edges, col_edges, values = piecewise_quality_map(cells, self.height, self.width, self.patch, self.stride)
+        rows = np.searchsorted(row_edges, (np.arange(height) + 0.5) * self.height / height, side="right") - 1
+        cols = np.searchsorted(col_edges, (np.arange(width) + 0.5) * self.width / width, side="right") - 1
+        grid = values.numpy()
+        return grid[np.clip(rows, 0, grid.shape[0] - 1)][:, np.clip(cols, 0, grid.shape[1] - 1)]
+
+
 def thumbnail(path: str | os.PathLike, size: int = THUMBNAIL_SIZE, quality: int = THUMBNAIL_QUALITY) -> bytes:
     """A JPEG of the image at ``path`` whose longer side is at most ``size`` pixels.
 
@@ -83,10 +113,7 @@ def thumbnail(path: str | os.PathLike, size: int = THUMBNAIL_SIZE, quality: int 
 
 
 def map_png(values: np.ndarray, low: float, high: float) -> bytes:
-    """A quality map (rows x cols) as a PNG of one pixel per window, coloured from ``low`` to ``high``.
-
-    The page scales it over the thumbnail; colours follow :data:`MAP_COLOURS` (viridis).
-    """
+    """A 2-d map as a PNG, one pixel per value, coloured from ``low`` to ``high`` along :data:`MAP_COLOURS`."""
     from PIL import Image
 
     grid = np.asarray(values, dtype=np.float64)
@@ -345,7 +372,7 @@ def write_report(
     title: str | None = None,
     source: str = "",
     dataset: IQADataset | None = None,
-    maps: Mapping[int, np.ndarray] | None = None,
+    maps: Mapping[int, ImageMap] | None = None,
     thumbnails: str = "auto",
     overwrite: bool = False,
     progress: Callable[[], Any] | None = None,
@@ -361,8 +388,8 @@ def write_report(
         source: where the scores come from (weights or score file), shown in the header.
         dataset: subjective scores to compare with (see :func:`compare_with_mos`): adds a MOS column, the
             scatter with the logistic fit and the correlations.
-        maps: quality maps (rows x cols arrays, from ``QualiCLIP.quality_map``) by row index, shown over the
-            thumbnails on hover or click, coloured over the range of all maps.
+        maps: quality maps by row index (see :func:`quality_maps`), drawn at the thumbnail's size and shown
+            over it on hover or click, coloured over the range of all maps' windows.
         thumbnails: ``"embed"`` (``data:`` URIs in the page), ``"files"`` (JPEG files in ``NAME_files/`` beside
             the page) or ``"auto"`` (embedded below :data:`EMBED_LIMIT` bytes in all).
         overwrite: replace an existing page (and its ``NAME_files/`` folder); without it they are refused.
@@ -413,16 +440,18 @@ def write_report(
             progress()
     map_names: dict[int, str] = {}
     map_range = None
+    maps = {index: found for index, found in (maps or {}).items() if sizes[index] is not None}
     if maps:
-        values = np.concatenate([np.asarray(grid, dtype=np.float64).ravel() for grid in maps.values()])
+        values = np.concatenate([np.asarray(found.cells, dtype=np.float64).ravel() for found in maps.values()])
         values = values[np.isfinite(values)]
         if values.size:
             map_range = (float(np.percentile(values, 2)), float(np.percentile(values, 98)))
             if map_range[1] <= map_range[0]:
                 map_range = (float(values.min()), float(values.max()))
-            for index, grid in maps.items():
+            for index, found in maps.items():
                 name = f"m{index:06d}.png"
-                images[name] = map_png(np.asarray(grid), *map_range)
+                width, height = sizes[index]
+                images[name] = map_png(found.pixels(height, width), *map_range)
                 map_names[index] = name
     embed = thumbnails == "embed" or (thumbnails == "auto" and sum(map(len, images.values())) <= EMBED_LIMIT)
 
@@ -455,8 +484,8 @@ def write_report(
             "k": source_of(map_names.get(index)),
             "m": comparison.row_mos[index] if comparison is not None else None,
         }
-        if maps and index in maps:
-            entry["ks"] = list(np.asarray(maps[index]).shape[-2:])
+        if index in maps:
+            entry["kc"] = list(np.asarray(maps[index].cells).shape)
         entries.append(entry)
     scored = [entry["s"] for entry in entries if entry["e"] is None and entry["s"] is not None]
     failed = [row for row in rows if row.get("error") is not None]
@@ -483,11 +512,13 @@ def write_report(
     if comparison is not None:
         charts.append(
             f"<figure><figcaption>Score against subjective score ({html.escape(comparison.dataset)})</figcaption>"
-            f"{scatter_svg(comparison)}{_metrics_table(comparison) if comparison.metrics else ''}</figure>"
+            f'<div class="side">{scatter_svg(comparison)}{_metrics_table(comparison) if comparison.metrics else ""}'
+            "</div></figure>"
         )
     if map_range is not None:
         charts.append(
-            '<figure id="map-legend"><figcaption>Quality maps: the score of each 224-pixel window</figcaption>'
+            '<figure id="map-legend"><figcaption>Quality maps: each pixel the mean score of the '
+            f"{next(iter(maps.values())).patch}-pixel windows over it</figcaption>"
             f'<div class="legend"><span>{map_range[0]:.3f}</span><span class="ramp"></span>'
             f'<span>{map_range[1]:.3f}</span></div><p class="note">Hover over or click a thumbnail to see its map '
             "(colours from the 2nd to the 98th percentile of all windows).</p></figure>"
@@ -548,25 +579,30 @@ def quality_maps(
     stride: int = 112,
     max_size: int | None = None,
     progress: Callable[[], Any] | None = None,
-) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """The quality map (``model.quality_map``: rows x cols window scores) of each row's image that has no error.
+) -> tuple[dict[int, ImageMap], dict[int, str]]:
+    """The quality map (``model.quality_map``: window scores) of each row's image that has no error.
 
     Each image is decoded as it was scored (:func:`~qualiclip_metric.inputs.load_image`, then ``max_size``).
     Returns the maps and, for images whose map could not be computed, the reason, both by row index.
+
+    Example:
+        >>> maps, errors = quality_maps(model, rows)  # doctest: +SKIP
+        >>> write_report(rows, "report.html", pair_names=model.pair_names, maps=maps)  # doctest: +SKIP
     """
     import torch
 
     from qualiclip_metric.errors import ImageLoadError
     from qualiclip_metric.inputs import load_image, resize_longer_side
 
-    maps: dict[int, np.ndarray] = {}
+    maps: dict[int, ImageMap] = {}
     errors: dict[int, str] = {}
     for index, row in enumerate(rows):
         if row.get("error") is None:
             try:
                 image = resize_longer_side(load_image(row["path"])[None], max_size).to(model.device)
                 with torch.inference_mode():
-                    maps[index] = model.quality_map(image, patch, stride)[0].float().cpu().numpy()
+                    cells = model.quality_map(image, patch, stride)[0].float().cpu().numpy()
+                maps[index] = ImageMap(cells, image.shape[-2], image.shape[-1], patch, stride)
             except (ImageLoadError, OSError, ValueError, RuntimeError) as err:
                 errors[index] = str(err)
         if progress is not None:

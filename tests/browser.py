@@ -104,13 +104,21 @@ class Page:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def click(self, selector: str) -> None:
-        """A real mouse click (pressed and released) at the centre of the element ``selector`` names."""
-        box = self.evaluate(
+    def _centre(self, selector: str) -> list[float]:
+        return self.evaluate(
             f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
             " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
             " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
         )
+
+    def hover(self, selector: str) -> None:
+        """Move the mouse pointer to the centre of the element ``selector`` names."""
+        x, y = self._centre(selector)
+        self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+
+    def click(self, selector: str) -> None:
+        """A real mouse click (pressed and released) at the centre of the element ``selector`` names."""
+        box = self._centre(selector)
         for kind in ("mousePressed", "mouseReleased"):
             self.send("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
 

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import base64
+import csv
+import io
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from browser import Chromium, find_chromium
+from images import rgb_array
+from PIL import Image
+from scipy import stats
 
+from qualiclip_metric import load_image
 from qualiclip_metric.batch import FileScore
+from qualiclip_metric.report import script_json
 from qualiclip_metric.score_writer import read_scores, write_scores
 
 PAIRS = ["Good photo./Bad photo.", "Sharp image./Blurry image."]
@@ -50,3 +65,246 @@ def test_the_score_reader_refuses_files_that_are_no_score_files(tmp_path):
     with pytest.raises(ValueError, match="ends in"):
         read_scores(tmp_path / "scores.txt")
     assert math.isnan(read_scores(tmp_path / "nan.csv").rows[0]["score"])
+
+
+# -- the page ------------------------------------------------------------------------------------------------
+
+TRICKY_FOLDER = "<"  # with the file below, the path holds "</script>", quotes, an ampersand and accents
+TRICKY_FILE = 'script><b>&"it\'s" ünï.png'
+
+
+def qualiclip(*args, cwd=None) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("qualiclip")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "qualiclip_metric"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def write_images(folder: Path) -> dict[str, Path]:
+    """Six photographs of several sizes (one with 2 x 2 map windows), one in a folder named "<", and a corrupt JPEG."""
+    folder.mkdir(parents=True)
+    (folder / TRICKY_FOLDER).mkdir()
+    sizes = {"a.png": (48, 64), "b.jpg": (96, 72), "c.png": (40, 40), "d.jpg": (64, 80), "e.png": (256, 320)}
+    files = {}
+    for seed, (name, (height, width)) in enumerate(sizes.items()):
+        files[name] = folder / name
+        Image.fromarray(rgb_array(height, width, seed=seed)).save(files[name])
+    files[TRICKY_FILE] = folder / TRICKY_FOLDER / TRICKY_FILE
+    Image.fromarray(rgb_array(56, 56, seed=9)).save(files[TRICKY_FILE], format="PNG")
+    files["broken.jpg"] = folder / "broken.jpg"
+    files["broken.jpg"].write_bytes(files["b.jpg"].read_bytes()[:500])
+    return files
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if find_chromium() is None:
+        pytest.skip("no chromium on PATH (.ci/run installs Debian's)")
+    with Chromium() as chromium:
+        page = chromium.page()
+        yield page
+        page.close()
+
+
+def open_report(page, path: Path, query: str = "") -> None:
+    page.open(path.resolve().as_uri() + query)
+    assert page.evaluate("document.documentElement.dataset.rendered") == "true"
+    assert page.errors == [], page.errors
+
+
+def table(page) -> list[dict]:
+    """The rows the table shows: full path (the link's title), score, size, error, pair bars."""
+    return page.evaluate(
+        """[...document.querySelectorAll('#rows tr')].map(tr => ({
+            path: tr.querySelector('td.name > *').title,
+            score: tr.dataset.score === undefined ? null : Number(tr.dataset.score),
+            text: tr.querySelector('td.score').textContent,
+            size: tr.querySelector('td.size').textContent,
+            error: tr.querySelector('td.error').textContent,
+            bars: tr.querySelectorAll('.pairs span').length,
+            thumb: tr.querySelector('.thumb img') ? tr.querySelector('.thumb img').naturalWidth : 0,
+        }))"""
+    )
+
+
+@pytest.fixture(scope="module")
+def folder_report(module_tmp_path, official_pth):
+    files = write_images(module_tmp_path / "images")
+    output = module_tmp_path / "out" / "report.html"
+    output.parent.mkdir()
+    arguments = ["-r", "--maps", "--weights", official_pth, "--output", output, "--workers", "0"]
+    result = qualiclip("report", module_tmp_path / "images", *arguments)
+    return files, output, result
+
+
+def test_report_of_a_folder_in_chromium(folder_report, browser, model, tmp_path):
+    files, output, result = folder_report
+    assert result.returncode == 1, result.stderr  # the corrupt file failed, the rest finished
+    assert "broken.jpg" in result.stderr and "6 scored, 1 failed" in result.stderr
+    html = output.read_text(encoding="utf-8")
+    assert "http://" not in html and "https://" not in html  # nothing is fetched: no CDN, no network
+    assert html.count("</script>") == 2  # the data block and the script; the file name did not end either
+
+    open_report(browser, output, "?size=all")
+    shown = table(browser)
+    assert sorted(row["path"] for row in shown) == sorted(str(path) for path in files.values())
+    by_name = {Path(row["path"]).name: row for row in shown}
+    assert "cannot decode image" in by_name["broken.jpg"]["error"] and by_name["broken.jpg"]["score"] is None
+    assert by_name["a.png"]["size"] == "64 × 48" and by_name["d.jpg"]["size"] == "80 × 64"
+    for name in files.keys() - {"broken.jpg"}:
+        row = by_name[name]
+        assert 0 < row["score"] < 1 and row["error"] == "" and row["bars"] == 7, row
+        assert 0 < row["thumb"] <= 128  # the thumbnail decoded
+    with torch.no_grad():
+        expected = model(load_image(files[TRICKY_FILE])[None]).item()
+    assert by_name[TRICKY_FILE]["score"] == pytest.approx(expected, abs=1e-5)
+    assert by_name[TRICKY_FILE]["text"].startswith(f"{expected:.4f}"[:5])
+    failed = browser.evaluate("[...document.querySelectorAll('#failed li')].map(li => li.textContent)")
+    assert len(failed) == 1 and "broken.jpg" in failed[0] and "cannot decode image" in failed[0]
+
+    # A real click on the score header sorts the data array; a second one reverses it; failed rows stay last.
+    browser.click('button[data-sort="score"]')
+    ascending = [row["score"] for row in table(browser)]
+    assert ascending[:-1] == sorted(ascending[:-1]) and ascending[-1] is None
+    browser.click('button[data-sort="score"]')
+    descending = [row["score"] for row in table(browser)]
+    assert descending[:-1] == sorted(descending[:-1], reverse=True) and descending[-1] is None
+    assert "sort=score" in browser.evaluate("location.hash") and "dir=desc" in browser.evaluate("location.hash")
+    worst = browser.evaluate("[...document.querySelectorAll('#worst .tile')].map(t => t.title)")
+    scored = [path for name, path in files.items() if name != "broken.jpg"]
+    assert worst[0] == str(min(scored, key=lambda path: by_name[path.name]["score"]))
+    assert browser.evaluate("document.getElementById('worst-title').textContent") == "Worst 6"
+
+    # Filtering works on the data too: the query keeps the matching rows only.
+    browser.evaluate(
+        "(() => { const f = document.getElementById('filter'); f.value = 'ünï';"
+        " f.dispatchEvent(new Event('input')); })()"
+    )
+    browser.evaluate("new Promise(done => setTimeout(done, 400))")
+    assert [Path(row["path"]).name for row in table(browser)] == [TRICKY_FILE]
+    assert browser.errors == []
+
+    # The quality map of e.png (2 x 2 windows of 224 pixels): the library's cells, drawn over the thumbnail.
+    with torch.no_grad():
+        cells = model.quality_map(load_image(files["e.png"])[None])[0]
+    assert cells.shape == (2, 2)
+    browser.evaluate(
+        "(() => { const f = document.getElementById('filter'); f.value = 'e.png';"
+        " f.dispatchEvent(new Event('input')); })()"
+    )
+    browser.evaluate("new Promise(done => setTimeout(done, 400))")
+    source = browser.evaluate("document.querySelector('#rows .thumb img.map').src")
+    with Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))) as drawn:
+        assert drawn.size == (128, 102)  # the thumbnail's size: e.png is 320 x 256
+        corners = np.asarray(drawn.convert("L"))[[0, -1], [0, -1]]
+    # Pixels at the corners lie in one window each; viridis grows lighter with the value.
+    assert (corners[0] < corners[1]) == bool(cells[0, 0] < cells[-1, -1]) and corners[0] != corners[1]
+    opacity = "getComputedStyle(document.querySelector('#rows .thumb img.map')).opacity"
+    assert browser.evaluate(opacity) == "0"
+    browser.hover("#rows .thumb")
+    browser.evaluate("new Promise(done => setTimeout(done, 400))")
+    assert float(browser.evaluate(opacity)) > 0.5  # shown while the pointer is over the thumbnail
+    assert browser.errors == []
+
+    shot = browser.screenshot(tmp_path / "report.png")
+    with Image.open(shot) as image:
+        assert image.format == "PNG" and image.size == (1280, 900)
+        assert np.unique(np.asarray(image.convert("L"))).size > 20  # drawn, not blank
+
+
+def test_the_data_block_survives_any_file_name():
+    names = ["</script><script>alert(1)</script>", "<!-- x", "a\u2028b\u2029c", "é ü 中", "bad\udcff.png", "&amp;"]
+    text = script_json({"rows": names, "score": float("nan")})
+    assert not {"<", ">", "&"} & set(text) and text.isascii()
+    assert json.loads(text) == {"rows": names, "score": None}
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_report_of_a_score_file_with_mos_and_thumbnail_files(tmp_path, browser):
+    """No weights: scores from a score file, MOS from a CSV, thumbnails beside the page; a path gone is an error."""
+    images = tmp_path / "images"
+    images.mkdir()
+    names = [f"{index}.png" for index in range(6)]
+    for seed, name in enumerate(names):
+        Image.fromarray(rgb_array(40 + 4 * seed, 48, seed=seed)).save(images / name)
+    scores = [0.61, 0.32, 0.45, 0.70, 0.52, 0.28]
+    mos = [60.0, 35.0, 40.0, 80.0, 41.0, 20.0]
+    pairs = ["Good photo./Bad photo.", "Sharp image./Blurry image."]
+    gone = str(tmp_path / "moved" / "</script>'.png")
+    rows = [[images / n, s, 48, 40 + 4 * i, s, 1 - s, ""] for i, (n, s) in enumerate(zip(names, scores, strict=True))]
+    rows += [[images / "7.png", "", "", "", "", "", "7.png: not a recognised image file"], [gone, 0.9, 8, 8, 1, 1, ""]]
+    score_file = write_csv(tmp_path / "scores.csv", ["path", "score", "width", "height", *pairs, "error"], rows)
+    mos_file = write_csv(tmp_path / "mos.csv", ["image", "mos"], [[n, m] for n, m in zip(names, mos, strict=True)])
+    output = tmp_path / "report.html"
+    result = qualiclip(
+        "report",
+        score_file,
+        "--scores",
+        mos_file,
+        "--images",
+        images,
+        "--output",
+        output,
+        "--thumbnails",
+        "files",
+        "--weights",
+        tmp_path / "no-weights.pth",
+    )
+    assert result.returncode == 1, result.stderr  # two rows failed; no weights were needed
+    assert sorted(path.name for path in (tmp_path / "report_files").iterdir()) == [f"t{i:06d}.jpg" for i in range(6)]
+
+    open_report(browser, output, "?sort=score&dir=desc")  # the page reads its view from the URL
+    shown = table(browser)
+    assert [row["score"] for row in shown] == [0.9, *sorted(scores, reverse=True), None]
+    by_path = {row["path"]: row for row in shown}
+    assert "no such file" in by_path[gone]["error"] and by_path[gone]["thumb"] == 0
+    assert by_path[str(images / "7.png")]["error"] == "7.png: not a recognised image file"
+    assert all(by_path[str(images / name)]["thumb"] == 48 for name in names)  # read from report_files/
+    shown_mos = browser.evaluate("[...document.querySelectorAll('#rows td.mos')].map(td => td.textContent)")
+    assert shown_mos[1:7] == [f"{m:.2f}" for _, m in sorted(zip(scores, mos, strict=True), reverse=True)]
+    metrics = browser.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#metrics td')]"
+        ".map(td => [td.dataset.metric, td.textContent]))"
+    )
+    assert metrics["srcc"] == f"{stats.spearmanr(scores, mos).statistic:.4f}"
+    assert metrics["plcc"] == f"{stats.pearsonr(scores, mos).statistic:.4f}"
+    assert browser.evaluate("document.querySelectorAll('#scatter circle.point').length") == 6
+    assert browser.evaluate("document.querySelectorAll('#scatter polyline.fit').length") == 1
+    assert browser.evaluate("document.querySelectorAll('#histogram rect.bar').length") == 24
+
+    # The page is never replaced silently: refused (exit 2, before anything is read), then replaced with --force.
+    before = output.read_bytes()
+    refused = qualiclip("report", score_file, "--output", output)
+    assert refused.returncode == 2 and "already exists" in refused.stderr and output.read_bytes() == before
+    replaced = qualiclip("report", score_file, "--output", output, "--force", "--title", "Second")
+    assert replaced.returncode == 1, replaced.stderr
+    assert "<title>Second</title>" in output.read_text(encoding="utf-8")
+    assert not (tmp_path / "report_files").exists()  # embedded this time: the old folder went with the old page
+
+
+def test_report_refuses_bad_arguments_before_loading_weights(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(rgb_array()).save(images / "a.png")
+    (tmp_path / "empty").mkdir()
+    scores = write_csv(tmp_path / "scores.csv", ["path", "score"], [[images / "a.png", 0.5]])
+    missing = tmp_path / "missing.pth"  # loading it would end with exit 3
+    cases = [
+        (["report", images, "--output", tmp_path / "report.txt"], "must end in .html"),
+        (["report", images, scores, "--output", tmp_path / "r.html"], "one score file"),
+        (["report", images, "--scores", tmp_path / "nope.csv", "--output", tmp_path / "r.html"], "nope.csv"),
+        (["report", tmp_path / "empty", "--output", tmp_path / "r.html"], "no image files"),
+        (["report", images, "--output", tmp_path / "no" / "r.html"], "does not exist"),
+    ]
+    for arguments, message in cases:
+        result = qualiclip(*arguments, "--weights", missing)
+        assert result.returncode == 2 and message in result.stderr, (arguments, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty", "images", "scores.csv"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qualiclip_metric.cli import download, evaluate, export, info, map, score
+from qualiclip_metric.cli import download, evaluate, export, info, map, report, score
 from qualiclip_metric.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -21,7 +21,7 @@ from qualiclip_metric.cli.common import (
 )
 
 #: The subcommands, in the order ``qualiclip --help`` lists them.
-COMMANDS = (score, evaluate, map, download, export, info)
+COMMANDS = (score, evaluate, map, report, download, export, info)
 
 
 def build_parser() -> argparse.ArgumentParser:
