@@ -28,12 +28,22 @@ def random_official_checkpoint(folder: Path) -> Path:
     The tests' random CLIP (``tests/random_clip.py``: residual branches on, BatchNorm calibrated, prompts
     encoded), with the attention pool's query projection scaled by 1e-3 so that fp32 parity checks do not
     depend on summation order.
+
+    Where open_clip is not installed (the bare GPU machine), the image tower alone with random prompt
+    features (``build_random_tower``): speed and precision comparisons need no text tower.
     """
     sys.path.insert(0, str(ROOT.parent / "tests"))
-    from random_clip import build_random_clip, official_state
+    from random_clip import build_random_clip, build_random_tower, official_state
+
+    try:
+        import open_clip  # noqa: F401
+
+        build = build_random_clip
+    except ImportError:
+        build = build_random_tower
 
     path = folder / "qualiclip.pth"
-    torch.save(official_state(*build_random_clip(attention_query_scale=1e-3)), path)
+    torch.save(official_state(*build(attention_query_scale=1e-3)), path)
     return path
 
 

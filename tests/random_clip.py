@@ -69,3 +69,38 @@ def build_random_clip(
 def official_state(clip_state: dict[str, torch.Tensor], prompts: torch.Tensor) -> dict[str, torch.Tensor]:
     """The official/pyiqa ``qualiclip.pth`` layout: ``prompts_features`` plus ``clip_model.<key>``."""
     return {"prompts_features": prompts, **{f"clip_model.{k}": v for k, v in clip_state.items()}}
+
+
+def build_random_tower(
+    seed: int = SEED, attention_query_scale: float = 1.0
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Like :func:`build_random_clip` without open_clip: the image tower only, and random prompt features.
+
+    For machines where open_clip is not installed (the bare GPU machine the device benchmarks run on): the
+    tower is the package's own ``build_image_tower`` (OpenAI's key names), randomised and calibrated as
+    above; the 14 prompt features are random unit vectors, since there is no text tower to encode them.
+    Not for parity tests, which need a network built independently of the code under test.
+    """
+    from qualiclip_metric.model import build_image_tower
+
+    torch.manual_seed(seed)
+    visual = build_image_tower()
+    with torch.no_grad():
+        for name, param in visual.named_parameters():
+            if name.endswith("bn3.weight"):
+                param.normal_(0.5, 0.1)
+            if name.startswith("attnpool.q_proj."):
+                param.mul_(attention_query_scale)
+    for module in visual.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    visual.train()
+    with torch.no_grad():
+        for index in range(4):
+            visual(make_images(4, 224, 224, seed=100 + index))
+    visual.eval()
+    state = {f"visual.{k}": v.clone() for k, v in visual.state_dict().items()}
+    state["logit_scale"] = torch.tensor(math.log(100.0))
+    prompts = F.normalize(torch.randn(len(PROMPT_TEXTS), 1024, generator=torch.Generator().manual_seed(seed)), dim=-1)
+    return state, prompts
