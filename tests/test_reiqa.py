@@ -386,6 +386,13 @@ def test_evaluate_and_score_commands(smoke_run, tmp_path):
     lines = run_module("training.reiqa.score", str(images), "--regressor", str(tmp_path / "regressor"), "-o",
                        str(tmp_path / "s.jsonl"))  # fmt: skip
     assert lines.returncode == 1 and len((tmp_path / "s.jsonl").read_text().splitlines()) == 21
+    # --resume as in `qualiclip score`: a file cut after ten rows is completed to the very bytes of a full run.
+    full = (tmp_path / "s.csv").read_bytes()
+    (tmp_path / "r.csv").write_bytes(b"".join(full.splitlines(keepends=True)[:11]))
+    resumed = run_module("training.reiqa.score", str(images), "--regressor", str(tmp_path / "regressor"), "-o",
+                         str(tmp_path / "r.csv"), "--resume")  # fmt: skip
+    assert resumed.returncode == 1 and "10 kept, 11 to score" in resumed.stderr, resumed.stderr[-2000:]
+    assert (tmp_path / "r.csv").read_bytes() == full
     refused = run_module("training.reiqa.score", str(images), "--regressor", str(tmp_path / "absent"), "-o",
                          str(tmp_path / "missing" / "s.csv"))  # fmt: skip
     assert refused.returncode == 2 and "does not exist" in refused.stderr

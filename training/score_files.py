@@ -2,7 +2,8 @@
 
 So ``qualiclip evaluate --predictions`` reads a baseline's file as it reads QualiCLIP's, and a baseline's
 command behaves as ``qualiclip score`` does: files that cannot be read get their error and the rest are
-still scored; an existing output is replaced only by a complete one. Exit codes: 0 all scored; 1 some
+still scored; an existing output is replaced only by a complete one, and ``--resume`` continues an
+interrupted run as ``qualiclip score --resume`` does (see docs/cli.md). Exit codes: 0 all scored; 1 some
 failed; 2 no input images or an output that cannot be written; 3 the weights could not be loaded;
 130 interrupted (the rows so far are kept).
 """
@@ -20,7 +21,13 @@ from torch import Tensor
 from qualiclip_metric.batch import FileScore
 from qualiclip_metric.errors import ImageLoadError
 from qualiclip_metric.inputs import collect_image_files, load_image
-from qualiclip_metric.score_writer import OutputError, ScoringInterrupted, check_output, write_scores
+from qualiclip_metric.score_writer import (
+    OutputError,
+    ScoringInterrupted,
+    check_output,
+    plan_resume,
+    write_scores,
+)
 
 #: Loads a scorer from the parsed arguments: a function of one (3, H, W) image. Raising OSError,
 #: ValueError, KeyError or RuntimeError means the weights could not be loaded (exit code 3).
@@ -44,6 +51,9 @@ def score_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--output", "-o", type=Path, help="FILE.csv, .json or .jsonl (default: CSV on standard output)")
     parser.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the rows --output already holds and score only the other files"
+    )
     return parser
 
 
@@ -55,31 +65,37 @@ def run_score_command(
     ``name`` starts each message (``rankiqa: ...``).
     """
     args = parser.parse_args(argv)
+    if args.resume and args.output is None:
+        print(f"{name}: --resume continues an --output file: give --output FILE.csv or FILE.jsonl", file=sys.stderr)
+        return 2
     try:
         if args.output is not None:
-            check_output(args.output)
-    except OutputError as err:
+            check_output(args.output, resume=args.resume)
+        files = collect_image_files(args.paths, recursive=args.recursive)
+        todo = plan_resume(args.output, files).todo if args.resume and files else files
+    except (OutputError, ValueError) as err:  # a score file --resume cannot continue is a ValueError
         print(f"{name}: {err}", file=sys.stderr)
         return 2
-    files = collect_image_files(args.paths, recursive=args.recursive)
     if not files:
         print(f"{name}: no image files found in " + ", ".join(args.paths), file=sys.stderr)
         return 2
+    if args.resume:
+        print(f"{name}: resuming {args.output}: {len(files) - len(todo)} kept, {len(todo)} to score", file=sys.stderr)
     try:
         score_image = load(args)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         print(f"{name}: cannot load the weights: {err}", file=sys.stderr)
         return 3
     try:
-        summary = write_scores(score_paths(files, score_image), args.output)
+        summary = write_scores(score_paths(todo, score_image), args.output, resume=files if args.resume else None)
     except OutputError as err:
         print(f"{name}: {err}; nothing was replaced", file=sys.stderr)
         return 2
     except ScoringInterrupted as stop:
         where = f"; the {stop.count} results so far are in {stop.kept}" if stop.kept else ""
-        print(f"{name}: interrupted after {stop.count} of {len(files)} images{where}", file=sys.stderr)
+        print(f"{name}: interrupted after {stop.count} of {len(todo)} images{where}", file=sys.stderr)
         return 130
     for row in summary.failed:
         print(f"{name}: failed: {row['error']}", file=sys.stderr)
-    print(f"{name}: scored {summary.scored} of {len(files)} images; {len(summary.failed)} failed", file=sys.stderr)
+    print(f"{name}: scored {summary.scored} of {len(todo)} images; {len(summary.failed)} failed", file=sys.stderr)
     return 1 if summary.failed else 0
