@@ -1,0 +1,262 @@
+"""Ray Data: the predictor and score_files_with_ray on a real local Ray cluster (two CPUs, no network).
+
+Every result is compared with :func:`qualiclip_metric.batch.score_files` on the same files, the scorer of
+``qualiclip score``. Tests that only call the predictor run it in this process; those that need Ray's own
+readers, actors or ordering share one cluster, started once for the module.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from images import rgb_array, write_odd_images
+from PIL import Image
+
+from qualiclip_metric.batch import score_files
+
+ray = pytest.importorskip("ray")
+pa = pytest.importorskip("pyarrow")
+pd = pytest.importorskip("pandas")
+
+from qualiclip_metric.ray import QualiCLIPPredictor, score_files_with_ray  # noqa: E402
+
+#: Ray Data's own configuration reads its deprecated settings when a dataset first runs.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
+TOLERANCE = 1e-6
+#: Files that ray.data.read_images(mode="RGB") decodes to the pixels load_image decodes (no EXIF, 8 bits).
+SAME_PIXELS = ["cmyk.jpg", "gray.png", "palette.png", "photo.jpg", "rgb.png", "rgba.png", "small.png"]
+#: Ray's settings for a light, quiet, local cluster; the command-line test's subprocess inherits them.
+QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster of two CPUs and a 200 MB object store; its address, for other drivers to join."""
+    previous = {name: os.environ.get(name) for name in QUIET}
+    os.environ.update(QUIET)
+    context = ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 2**20,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield context.address_info["address"]
+    ray.shutdown()
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def folder(module_tmp_path: Path) -> Path:
+    """Files of every mode (one of another size, one EXIF-rotated), a truncated JPEG and a text file."""
+    path = module_tmp_path / "images"
+    write_odd_images(path)
+    Image.fromarray(rgb_array(40, 56, seed=3)).save(path / "small.png")
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(folder: Path, model) -> dict[str, object]:
+    """``score_files``' result for every file of the folder and a missing one, by file name."""
+    paths = [*sorted(folder.iterdir()), folder / "missing.png"]
+    return {Path(r.path).name: r for r in score_files(paths, model, batch_size=1, per_pair=True)}
+
+
+@pytest.fixture(scope="module")
+def predictor(official_pth: Path) -> QualiCLIPPredictor:
+    """One predictor, called in this process as a Ray actor calls it."""
+    return QualiCLIPPredictor(str(official_pth), device="cpu", per_pair=True)
+
+
+def objects(items: list) -> np.ndarray:
+    """A one-dimensional object array, as Ray gives a column of arrays of different shapes."""
+    array = np.empty(len(items), dtype=object)
+    array[:] = [None] * len(items)
+    for index, item in enumerate(items):
+        array[index] = item
+    return array
+
+
+def check_rows(rows: list[dict], reference: dict, names: list[str], pair_names=()) -> None:
+    """Rows (in ``names`` order) carry score_files' scores, sizes, pair probabilities and errors."""
+    assert len(rows) == len(names)
+    for row, name in zip(rows, names, strict=True):
+        expected = reference[name]
+        assert row["error"] == expected.error, name
+        if expected.error is None:
+            assert abs(row["score"] - expected.score) < TOLERANCE, name
+            assert (row["width"], row["height"]) == (expected.width, expected.height), name
+            for pair in pair_names:
+                assert abs(row[pair] - expected.pairs[pair]) < TOLERANCE, (name, pair)
+        else:
+            assert row["score"] is None and all(row[pair] is None for pair in pair_names), name
+
+
+# -- the predictor, as an actor calls it ----------------------------------------------------------
+
+
+def file_batch(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """A batch as ``ray.data.read_binary_files(include_paths=True)`` gives it: paths and file contents."""
+    paths = [str(folder / name) for name in names]
+    contents = [Path(path).read_bytes() for path in paths]
+    return {"path": np.array(paths, dtype=object), "bytes": np.array(contents, dtype=object)}
+
+
+def test_every_batch_format_gives_the_same_table(predictor, folder, reference):
+    names = ["rgb.png", "not_an_image.png", "rotated.jpg", "truncated.jpg", "deep16.png", "photo.jpg"]
+    batch = file_batch(folder, names)
+    table = predictor(batch)
+    assert isinstance(table, pa.Table)
+    pair_names = list(predictor.model.pair_names)
+    assert table.column_names == ["path", "score", "width", "height", *pair_names, "error"]  # no bytes
+    assert str(table.schema.field("score").type) == "double" and str(table.schema.field("error").type) == "string"
+    check_rows(table.to_pylist(), reference, names, pair_names)
+    small = file_batch(folder, ["rgb.png", "not_an_image.png"])
+    expected = predictor(small)
+    assert predictor(pd.DataFrame(small)).equals(expected)
+    assert predictor(pa.table({name: values.tolist() for name, values in small.items()})).equals(expected)
+
+
+def test_paths_and_arrays_score_as_the_files(predictor, folder, reference):
+    names = ["gray.png", "rgb.png", "small.png", "truncated.jpg"]
+    paths = predictor({"path": np.array([str(folder / name) for name in names] + [str(folder / "missing.png")])})
+    check_rows(paths.to_pylist(), reference, [*names, "missing.png"], predictor.model.pair_names)
+    layouts = ["rgb.png", "gray.png", "rgba.png", "deep16.png"]  # (H, W, 3), (H, W), (H, W, 4), uint16 (H, W)
+    arrays = [np.asarray(Image.open(folder / name)) for name in layouts]
+    assert arrays[-1].dtype == np.uint16
+    rows = predictor({"image": objects([*arrays, arrays[1][..., None]])}).to_pylist()
+    check_rows(rows, reference, [*layouts, "gray.png"], predictor.model.pair_names)
+    same_size = np.stack([np.asarray(Image.open(folder / "rgb.png")), rgb_array()])  # one (N, H, W, 3) array
+    rows = predictor({"image": same_size, "path": np.array(["a", "b"])}).to_pylist()
+    assert [row["path"] for row in rows] == ["a", "b"] and rows[0]["score"] == rows[1]["score"]
+
+
+def test_rows_that_cannot_be_read_are_errors_and_the_others_are_scored(predictor, folder, reference):
+    good = np.asarray(Image.open(folder / "rgb.png"))
+    images = [good, good.astype(np.float32), good[..., :2], good[:10, :10], None, good]
+    rows = predictor({"image": objects(images)}).to_pylist()
+    assert [row["error"] is None for row in rows] == [True, False, False, False, False, True]
+    assert rows[1]["error"].startswith("image array: image arrays must be uint8") and "float32" in rows[1]["error"]
+    assert "(48, 64, 2)" in rows[2]["error"]
+    assert rows[3]["error"] == "image array: 10 x 10 is smaller than the 31 x 31 minimum of the network"
+    assert rows[4]["error"] == "image array: no image in this row"
+    for row in (rows[0], rows[5]):
+        assert abs(row["score"] - reference["rgb.png"].score) < TOLERANCE
+    named = predictor({"bytes": np.array([b"", b"GIF89a..."], dtype=object), "path": np.array(["s3://b/x", None])})
+    assert [row["error"] for row in named.to_pylist()] == [
+        "s3://b/x: not a recognised image file",
+        "image bytes: not a recognised image file",
+    ]
+    with pytest.raises(ValueError, match=r"must have a column 'image', 'bytes' or 'path', but has \['id'\]"):
+        predictor({"id": np.arange(3)})
+
+
+def test_other_columns_are_kept_and_an_empty_batch_has_the_columns(official_pth, folder):
+    predictor = QualiCLIPPredictor(official_pth, device="cpu", keep_inputs=True, max_size=48)
+    batch = {**file_batch(folder, ["rgb.png"]), "id": np.array([7]), "score": np.array([-1.0])}
+    table = predictor(batch)
+    assert table.column_names == ["path", "bytes", "id", "score", "width", "height", "error"]
+    row = table.to_pylist()[0]
+    assert row["id"] == 7 and row["bytes"] == batch["bytes"][0] and row["width"] == 64 and 0 < row["score"] < 1
+    empty = predictor({"path": np.array([], dtype=object)})
+    assert empty.num_rows == 0 and empty.column_names == ["path", "score", "width", "height", "error"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": 0}, "Argument `batch_size` must be a positive integer or None, but got 0"),
+        ({"max_size": 8}, "Argument `max_size` must be None or an integer of at least 31"),
+        ({"max_pixels": 10}, "Argument `max_pixels` must be None or an integer of at least 961, but got 10"),
+        ({"threads": 0}, "Argument `threads` must be a positive integer or None"),
+    ],
+)
+def test_bad_options_are_refused_before_the_model_loads(options, message, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        QualiCLIPPredictor(tmp_path / "no-such-weights.pth", **options)
+
+
+def test_score_files_with_ray_refuses_bad_options_before_joining_a_cluster():
+    with pytest.raises(ValueError, match="Argument `files_per_task` must be a positive integer, but got 0"):
+        next(score_files_with_ray(["a.png"], files_per_task=0))
+    with pytest.raises(ValueError, match="Argument `device` must not name a GPU.*'cuda:1'"):
+        next(score_files_with_ray(["a.png"], device="cuda:1"))
+    with pytest.raises(ValueError, match="Argument `actors` must be a positive integer or None"):
+        next(score_files_with_ray(["a.png"], actors=0))
+    assert list(score_files_with_ray([])) == []  # nothing to score: no cluster joined
+
+
+def test_importing_the_integration_imports_no_ray():
+    code = (
+        "import sys\n"
+        "import qualiclip_metric\n"
+        "assert 'qualiclip_metric.ray' not in sys.modules\n"
+        "from qualiclip_metric.ray import QualiCLIPPredictor, score_files_with_ray\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & {'ray', 'pyarrow', 'pandas'}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+# -- on the cluster -------------------------------------------------------------------------------
+
+
+def test_map_batches_over_read_binary_files(cluster, folder, reference, official_pth):
+    dataset = ray.data.read_binary_files(str(folder), include_paths=True).map_batches(
+        QualiCLIPPredictor,
+        fn_constructor_kwargs={"weights": str(official_pth), "device": "cpu", "per_pair": True},
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=1,
+        batch_size=4,
+    )
+    rows = sorted(dataset.take_all(), key=lambda row: row["path"])
+    names = [Path(row["path"]).name for row in rows]
+    assert names == sorted(path.name for path in folder.iterdir())
+    pair_names = [name for name in rows[0] if "/" in name]
+    assert len(pair_names) == 7 and "bytes" not in rows[0]
+    check_rows(rows, reference, names, pair_names)
+
+
+def test_map_batches_over_read_images(cluster, folder, reference, official_pth):
+    dataset = ray.data.read_images([str(folder / name) for name in SAME_PIXELS], mode="RGB", include_paths=True)
+    scored = dataset.map_batches(
+        QualiCLIPPredictor,
+        fn_constructor_kwargs={"weights": str(official_pth), "device": "cpu"},
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=1,
+        batch_size=3,
+    )
+    rows = sorted(scored.take_all(), key=lambda row: row["path"])
+    assert list(rows[0]) == ["path", "score", "width", "height", "error"]
+    check_rows(rows, reference, sorted(SAME_PIXELS))
+
+
+def test_score_files_with_ray_yields_file_scores_in_input_order(cluster, folder, reference, official_pth):
+    names = ["truncated.jpg", "small.png", *sorted(reference), "rgb.png", "missing.png", "photo.jpg"]
+    paths = [folder / name for name in names]
+    results = list(
+        score_files_with_ray(paths, weights=official_pth, device="cpu", actors=2, files_per_task=3, per_pair=True)
+    )
+    assert [result.index for result in results] == list(range(len(names)))
+    assert [result.path for result in results] == [str(path) for path in paths]
+    pair_names = list(reference["rgb.png"].pairs)
+    for result, name in zip(results, names, strict=True):
+        expected = reference[name]
+        assert result.error == expected.error and (result.width, result.height) == (expected.width, expected.height)
+        if expected.error is None:
+            assert abs(result.score - expected.score) < TOLERANCE
+            assert list(result.pairs) == pair_names
+            assert max(abs(result.pairs[p] - expected.pairs[p]) for p in pair_names) < TOLERANCE
+    assert ray.is_initialized()  # the cluster it found is left running
