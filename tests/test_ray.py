@@ -260,3 +260,59 @@ def test_score_files_with_ray_yields_file_scores_in_input_order(cluster, folder,
             assert list(result.pairs) == pair_names
             assert max(abs(result.pairs[p] - expected.pairs[p]) for p in pair_names) < TOLERANCE
     assert ray.is_initialized()  # the cluster it found is left running
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def qualiclip(*args, env=None) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("qualiclip")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "qualiclip_metric"]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=environment)
+
+
+def test_the_command_on_the_cluster_writes_what_a_local_run_writes(cluster, folder, official_pth, tmp_path):
+    """The same file, byte for byte: rows, order, columns, scores (one thread each), errors, exit code."""
+    common = ["score", folder, "--weights", official_pth, "--per-pair", "--threads", "1"]
+    local = qualiclip(*common, "--workers", "0", "--output", tmp_path / "local.csv")
+    on_ray = qualiclip(*common, "--ray", cluster, "--output", tmp_path / "ray.csv")
+    assert local.returncode == on_ray.returncode == 1, on_ray.stderr  # the truncated file and the text file
+    assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+    assert len((tmp_path / "ray.csv").read_text().splitlines()) == 1 + len(list(folder.iterdir()))
+
+    def failures(result):
+        return [line for line in result.stderr.splitlines() if line.startswith("qualiclip: failed:")]
+
+    assert len(failures(on_ray)) == 2 and failures(on_ray) == failures(local)
+    assert "scored 10 of 12 images" in on_ray.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "message"),
+    [
+        (["--ray", "auto"], {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "--ray cannot run under torchrun"),
+        (["--ray", "auto", "--device", "cuda:1"], {}, "--device cuda:1 with --ray: Ray gives each actor its GPU"),
+    ],
+)
+def test_the_command_refuses_what_ray_cannot_do(extra, env, message, folder, tmp_path):
+    result = qualiclip("score", folder, *extra, "--output", tmp_path / "scores.csv", env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"qualiclip: {message}") and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "scores.csv").exists()
+
+
+def test_an_error_of_the_cluster_ends_the_command_with_one_line():
+    from ray.exceptions import RaySystemError
+
+    from qualiclip_metric.cli.common import CommandError
+    from qualiclip_metric.cli.score import _cluster_errors_stop
+
+    def results():
+        yield "first"
+        raise RaySystemError("Traceback (most recent call last):\n  ...\nOSError: /data/w.pth: no such file")
+
+    stream = _cluster_errors_stop(results(), "auto")
+    assert next(stream) == "first"
+    with pytest.raises(CommandError, match=r"^--ray auto: the cluster failed: OSError: /data/w.pth: no such file$"):
+        next(stream)

@@ -3,7 +3,8 @@
 A run has three steps, kept apart so that another scorer can take the middle one's place: :func:`plan_job`
 says which files to score (the inputs, less what ``--resume`` keeps), :func:`score_here` yields their results
 (:class:`~qualiclip_metric.batch.FileScore`, in the order of ``job.todo``) and :func:`write_results` writes
-them. SIGTERM stops a run as Ctrl-C does.
+them; with ``--ray``, :func:`score_on_ray` yields them from a Ray cluster instead. SIGTERM stops a run as
+Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from qualiclip_metric.cli.common import (
     EXIT_SOME_FAILED,
     CommandError,
     load_model,
+    load_weights,
+    positive_int,
     score_paths,
     scoring_arguments,
 )
@@ -65,6 +68,18 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help="continue --output (.csv or .jsonl): keep the images it already scored and score the rest",
     )
+    score.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="score on a Ray cluster: auto (the one this machine is in), ray://HOST:10001, HOST:PORT, or local "
+        "(a new one here); the output is written here, as a local run writes it",
+    )
+    score.add_argument(
+        "--ray-actors",
+        type=positive_int,
+        metavar="N",
+        help="with --ray: scoring actors, one model each (default: one per GPU, or one per --threads CPUs)",
+    )
     score.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
     score.set_defaults(run=run)
 
@@ -91,12 +106,14 @@ def run(args: argparse.Namespace) -> int:
         check_arguments(args, ranks.is_main)
         job = plan_job(args) if ranks.is_main else None  # under torchrun, rank 0 sends the others its todo
         model = None
-        if ranks.enabled or job.todo:  # a complete --resume output needs no model
+        if args.ray is not None and job.todo:  # the actors load their own; this one checks the weights (exit 3)
+            model = load_weights(args, prompts=args.prompt_pair, device="cpu")
+        elif ranks.enabled or job.todo:  # a complete --resume output needs no model
             model = load_model(args, prompts=args.prompt_pair, local_rank=ranks.local_rank)
         start = time.perf_counter()
         pair_names = pair_columns(args, model, job)
         # The scorer: any iterator of FileScore for job.todo, in that order, can take this line's place.
-        results = score_here(args, model, job, ranks)
+        results = score_on_ray(args, job) if args.ray is not None else score_here(args, model, job, ranks)
         if results is None:  # a rank other than 0 under torchrun: rank 0 writes
             return EXIT_OK
         return write_results(args, job, results, pair_names, start)
@@ -110,6 +127,7 @@ def check_arguments(args: argparse.Namespace, is_main: bool = True) -> None:
         raise CommandError("give the images to score: PATH... or --files-from LIST")
     if args.resume and args.output is None:
         raise CommandError("--resume continues an --output file: give --output FILE.csv or FILE.jsonl")
+    check_ray_arguments(args)
     try:
         if args.output is not None and is_main:
             check_output(args.output, resume=args.resume)
@@ -119,6 +137,22 @@ def check_arguments(args: argparse.Namespace, is_main: bool = True) -> None:
             validate_prompt_pairs(args.prompt_pair)
     except (OutputError, ValueError) as err:
         raise CommandError(str(err)) from err
+
+
+def check_ray_arguments(args: argparse.Namespace) -> None:
+    """What ``--ray`` cannot do: run under torchrun, name a GPU, or let ``--fast`` choose for another machine."""
+    from qualiclip_metric.distributed import ranks_from_environment
+
+    if args.ray is None:
+        if args.ray_actors is not None:
+            raise CommandError("--ray-actors sets the actors of --ray: give --ray ADDRESS")
+        return
+    if ranks_from_environment().enabled:
+        raise CommandError("--ray cannot run under torchrun: start one process, and Ray runs the cluster's")
+    if args.fast or args.compile:
+        raise CommandError("--fast and --compile choose for the machine they run on: with --ray, give --precision")
+    if args.device.startswith("cuda:"):
+        raise CommandError(f"--device {args.device} with --ray: Ray gives each actor its GPU, give --device cuda")
 
 
 def plan_job(args: argparse.Namespace) -> Job:
@@ -191,6 +225,75 @@ def score_here(args: argparse.Namespace, model: Any, job: Job | None, ranks: Any
     shard_results = score_paths(args, model, shard(todo[0], ranks), per_pair=args.per_pair)
     results = gather_in_order(shard_results, ranks, len(todo[0]))
     return results if ranks.is_main else None
+
+
+def score_on_ray(args: argparse.Namespace, job: Job) -> Iterator[Any]:
+    """The results of ``job.todo`` in order, scored on the Ray cluster ``--ray`` names (``docs/scale.md``).
+
+    This process joins the cluster (``local`` starts one) and gets the results back as :func:`score_here`
+    gives them; the actors load the weights and read the files, which every node must reach by the same paths.
+
+    Raises:
+        CommandError: the cluster cannot be joined, or fails while scoring (exit 2).
+    """
+    import ray
+
+    from qualiclip_metric.inputs import DEFAULT_MAX_PIXELS
+    from qualiclip_metric.ray import score_files_with_ray
+
+    if not job.todo:
+        return iter(())
+    try:
+        ray.init(address=args.ray, log_to_driver=False, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise CommandError(f"--ray {args.ray}: cannot join the cluster: {err}") from err
+    if args.device == "cuda" and not ray.cluster_resources().get("GPU"):  # Ray would wait for GPUs forever
+        raise CommandError(f"--device cuda: the Ray cluster at {args.ray} has no GPUs")
+    _ray_data_console_errors_only()
+    results = score_files_with_ray(
+        job.todo,
+        weights=args.weights,
+        device=args.device,
+        precision=args.precision or "fp32",
+        backend=args.backend or "torch",
+        per_pair=args.per_pair,
+        batch_size=args.batch_size,
+        max_size=args.max_size,
+        max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
+        actors=args.ray_actors,
+        num_cpus=args.threads or 1,
+        threads=args.threads,
+        prompts=args.prompt_pair,
+        temperature=args.temperature,
+        prompt_learner=args.prompt_learner,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        local_files_only=args.offline,
+    )
+    return _cluster_errors_stop(results, args.ray)
+
+
+def _ray_data_console_errors_only() -> None:
+    """Ray Data's notices (each dataset's start and plan) stay in its session log, off this command's stderr."""
+    import logging
+
+    import ray.data  # noqa: F401 - configures the "ray.data" logger and its handlers
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.ERROR)
+
+
+def _cluster_errors_stop(results: Iterator[Any], address: str) -> Iterator[Any]:
+    """An error of the cluster (an actor that cannot load the weights, a lost node) ends the run with one line."""
+    from ray.exceptions import RayError
+
+    try:
+        yield from results
+    except RayError as err:
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(err).__name__
+        raise CommandError(f"--ray {address}: the cluster failed: {reason}") from err
 
 
 def write_results(
