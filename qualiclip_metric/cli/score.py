@@ -234,7 +234,7 @@ def score_on_ray(args: argparse.Namespace, job: Job) -> Iterator[Any]:
     gives them; the actors load the weights and read the files, which every node must reach by the same paths.
 
     Raises:
-        CommandError: the cluster cannot be joined, or fails while scoring (exit 2).
+        CommandError: the cluster cannot be joined, has no GPUs for ``--device cuda``, or fails while scoring (exit 2).
     """
     import ray
 
