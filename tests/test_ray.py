@@ -67,14 +67,26 @@ def folder(module_tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(folder: Path, model) -> dict[str, object]:
+def one_thread():
+    """Scoring in this process on one thread, as each actor does: on a busy machine, two threads that wait for
+    each other cost seconds a call. Restored for the modules that follow."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference(folder: Path, model, one_thread) -> dict[str, object]:
     """``score_files``' result for every file of the folder and a missing one, by file name."""
     paths = [*sorted(folder.iterdir()), folder / "missing.png"]
     return {Path(r.path).name: r for r in score_files(paths, model, batch_size=1, per_pair=True)}
 
 
 @pytest.fixture(scope="module")
-def predictor(official_pth: Path) -> QualiCLIPPredictor:
+def predictor(official_pth: Path, one_thread) -> QualiCLIPPredictor:
     """One predictor, called in this process as a Ray actor calls it."""
     return QualiCLIPPredictor(str(official_pth), device="cpu", per_pair=True)
 
@@ -162,7 +174,7 @@ def test_rows_that_cannot_be_read_are_errors_and_the_others_are_scored(predictor
         predictor({"id": np.arange(3)})
 
 
-def test_other_columns_are_kept_and_an_empty_batch_has_the_columns(official_pth, folder):
+def test_other_columns_are_kept_and_an_empty_batch_has_the_columns(official_pth, folder, one_thread):
     predictor = QualiCLIPPredictor(official_pth, device="cpu", keep_inputs=True, max_size=48)
     batch = {**file_batch(folder, ["rgb.png"]), "id": np.array([7]), "score": np.array([-1.0])}
     table = predictor(batch)
