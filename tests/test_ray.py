@@ -31,8 +31,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
 TOLERANCE = 1e-6
 #: Files that ray.data.read_images(mode="RGB") decodes to the pixels load_image decodes (no EXIF, 8 bits).
 SAME_PIXELS = ["cmyk.jpg", "gray.png", "palette.png", "photo.jpg", "rgb.png", "rgba.png", "small.png"]
-#: Ray's settings for a light, quiet, local cluster; the command-line test's subprocess inherits them.
-QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+#: No usage report to Ray's servers, from this process or the command-line test's (which inherits it).
+QUIET = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,6 @@ def predictor(official_pth: Path, one_thread) -> QualiCLIPPredictor:
 def objects(items: list) -> np.ndarray:
     """A one-dimensional object array, as Ray gives a column of arrays of different shapes."""
     array = np.empty(len(items), dtype=object)
-    array[:] = [None] * len(items)
     for index, item in enumerate(items):
         array[index] = item
     return array
