@@ -78,7 +78,8 @@ def render_quality_map(
         cells: its (rows, cols) map, as ``quality_map(...)[n]`` returns it.
         target: a file name (format from the suffix, PNG without one) or a binary file object; None
             returns the encoded bytes instead.
-        patch, stride: those the map was computed with.
+        patch: the window side the map was computed with.
+        stride: the stride it was computed with.
         score: the whole image's score, ``model(image)``, shown in the title.
         title: a first title line (a file name, say).
         alpha: opacity of the overlay.

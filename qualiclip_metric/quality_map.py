@@ -171,8 +171,10 @@ def piecewise_quality_map(
 
     Args:
         cells: (..., rows, cols), as :func:`quality_map` returns for an image of ``height`` x ``width``.
-        height, width: the image's size in pixels.
-        patch, stride: those the map was computed with.
+        height: the image's height in pixels.
+        width: its width.
+        patch: the window side the map was computed with.
+        stride: the stride it was computed with.
 
     Returns:
         ``(row_edges, col_edges, values)``: edges from 0 to ``height`` and ``width``, and
