@@ -11,7 +11,7 @@
 # Images: CLIVE at shared/data/clive/images inside the checkout (the ../shared beside a checkout does not
 # travel to a device machine; copy it in first, 23 MB, and keep git from seeing it):
 #   mkdir -p shared/data/clive && cp -r ../shared/data/clive/images shared/data/clive/
-#   echo /shared/ >> "$(git rev-parse --git-dir)/info/exclude"
+#   mkdir -p "$(git rev-parse --git-dir)/info" && echo /shared/ >> "$(git rev-parse --git-dir)/info/exclude"
 # Without them the benchmark scores generated JPEGs of CLIVE's size instead (and says so).
 #
 # Writes to $OUT (default benchmarks/results): gpu_pipeline_cuda.json, bench_gpu_pipeline.log and
