@@ -325,7 +325,7 @@ def arniqa_reference(name: str, x: np.ndarray, p: float, rng: np.random.Generato
     return np.clip(y, 0.0, 1.0)
 
 
-#: Distortions that draw random numbers.
+#: Distortions that draw random numbers (noise, angles, directions, positions).
 RANDOM = (
     "motionblur",
     "colorshift",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from arniqa_reference import ref_filter, ref_lab2rgb, ref_motion, ref_rgb2lab
+from arniqa_reference import RANDOM, ref_filter, ref_lab2rgb, ref_motion, ref_rgb2lab
 from PIL import Image
 from scipy import ndimage
 from torchmetrics.functional.image import structural_similarity_index_measure
@@ -25,18 +25,6 @@ from training.degradations import DISTORTIONS, GROUPS, VARIANTS, degrade, random
 
 KODAK_CROP = Path(__file__).parent / "data" / "kodim_crop.png"
 NAMES = list(DISTORTIONS)
-#: Distortions that draw random numbers (noise, angles, directions, positions).
-RANDOM = {
-    "motionblur",
-    "colorshift",
-    "whitenoise",
-    "whitenoiseCC",
-    "impulsenoise",
-    "multnoise",
-    "jitter",
-    "noneccpatch",
-    "colorblock",
-}
 EXPECTED_LEVELS = {
     "gaublur": (0.1, 0.5, 1, 2, 5),
     "lensblur": (1, 2, 4, 6, 8),
