@@ -10,7 +10,7 @@ The data travel as JSON inside the page (``<script type="application/json">``, e
 ``&`` escaped, so no file name can end the script); the table is drawn by the page's own script from that
 array, one page of rows at a time, so the page stays responsive with tens of thousands of images.
 Thumbnails (128 px JPEG) are embedded as ``data:`` URIs while they stay below :data:`EMBED_LIMIT` bytes in
-all (about 5,000 typical photographs); beyond, they are written beside the page in ``NAME_files/``.
+all (about 6,000 photographs); beyond, they are written beside the page in ``NAME_files/``.
 
 This module is part of the outer layer (like :mod:`qualiclip_metric.evaluation`): the core never imports it.
 """
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 #: Longer side of the thumbnails, in pixels, and their JPEG quality.
 THUMBNAIL_SIZE = 128
 THUMBNAIL_QUALITY = 70
-#: Thumbnail (and map) bytes above which ``thumbnails="auto"`` writes them to a folder beside the page.
+#: Bytes of ``data:`` URIs (thumbnails and maps, base64) above which ``thumbnails="auto"`` writes them beside the page.
 EMBED_LIMIT = 24 * 2**20
 #: Images in each of the "worst" and "best" strips.
 STRIP_SIZE = 12
@@ -246,7 +246,7 @@ def _padded(values: np.ndarray) -> tuple[float, float]:
 def histogram_svg(scores: Sequence[float], bins: int = 24) -> str:
     """An inline SVG histogram of ``scores`` (finite values), each bar titled with its range and count."""
     values = np.asarray([s for s in scores if s is not None and math.isfinite(s)], dtype=np.float64)
-    width, height, margin = 520, 230, (12, 12, 40, 48)
+    width, height, margin = 420, 250, (12, 12, 40, 48)
     if values.size == 0:
         return '<p class="note">No image was scored.</p>'
     low, high = float(values.min()), float(values.max())
@@ -322,7 +322,7 @@ def scatter_svg(comparison: MOSComparison) -> str:
         return f'<p class="note">No scatter: {html.escape(comparison.note or "no matched images")}</p>'
     x = np.array([p[0] for p in comparison.points])
     y = np.array([p[1] for p in comparison.points])
-    width, height, margin = 520, 300, (12, 12, 40, 54)
+    width, height, margin = 420, 250, (12, 12, 40, 54)
     label = "MOS" if comparison.higher_is_better else "DMOS (lower is better)"
     parts, sx, sy = _axes(width, height, margin, _padded(x), _padded(y), "score", label)
     for px, py in comparison.points:
@@ -426,8 +426,12 @@ def write_report(
     images: dict[str, bytes] = {}
     thumbs: list[str | None] = [None] * len(rows)
     sizes: list[tuple[int, int] | None] = [None] * len(rows)
+    made: dict[str, int] = {}  # a file listed twice is read once and shares its thumbnail
     for index, row in enumerate(rows):
-        if row.get("error") is None:
+        first = made.get(str(row["path"]))
+        if row.get("error") is None and first is not None:
+            thumbs[index], sizes[index] = thumbs[first], sizes[first]
+        elif row.get("error") is None:
             try:
                 data = thumbnail(row["path"])
             except (ImageLoadError, OSError, ValueError) as err:
@@ -436,6 +440,7 @@ def write_report(
                 name = f"t{index:06d}.jpg"
                 images[name], thumbs[index] = data, name
                 sizes[index] = Image.open(io.BytesIO(data)).size
+                made[str(row["path"])] = index
         if progress is not None:
             progress()
     map_names: dict[int, str] = {}
@@ -453,7 +458,9 @@ def write_report(
                 width, height = sizes[index]
                 images[name] = map_png(found.pixels(height, width), *map_range)
                 map_names[index] = name
-    embed = thumbnails == "embed" or (thumbnails == "auto" and sum(map(len, images.values())) <= EMBED_LIMIT)
+    # What the page would hold: base64 takes 4 bytes for every 3.
+    embedded = sum(4 * math.ceil(len(images[name]) / 3) for name in [*thumbs, *map_names.values()] if name is not None)
+    embed = thumbnails == "embed" or (thumbnails == "auto" and embedded <= EMBED_LIMIT)
 
     def source_of(name: str | None) -> str | None:
         if name is None:
@@ -512,9 +519,10 @@ def write_report(
     if comparison is not None:
         charts.append(
             f"<figure><figcaption>Score against subjective score ({html.escape(comparison.dataset)})</figcaption>"
-            f'<div class="side">{scatter_svg(comparison)}{_metrics_table(comparison) if comparison.metrics else ""}'
-            "</div></figure>"
+            f"{scatter_svg(comparison)}</figure>"
         )
+        if comparison.metrics:
+            charts.append(f"<figure><figcaption>Agreement</figcaption>{_metrics_table(comparison)}</figure>")
     if map_range is not None:
         charts.append(
             '<figure id="map-legend"><figcaption>Quality maps: each pixel the mean score of the '

@@ -113,7 +113,12 @@ def open_report(page, path: Path, query: str = "") -> None:
 
 
 def table(page) -> list[dict]:
-    """The rows the table shows: full path (the link's title), score, size, error, pair bars."""
+    """The rows the table shows: full path (the link's title), score, size, error, pair bars, thumbnail width."""
+    # Thumbnails load lazily, when scrolled to: load them all before reading their sizes.
+    page.evaluate(
+        "Promise.all([...document.querySelectorAll('#rows img')].map(image => {"
+        " image.loading = 'eager'; return image.decode().catch(() => null); }))"
+    )
     return page.evaluate(
         """[...document.querySelectorAll('#rows tr')].map(tr => ({
             path: tr.querySelector('td.name > *').title,

@@ -39,6 +39,7 @@ def add_parser(commands: Any) -> None:
     report.add_argument(
         "--scores", type=Path, metavar="MOS_CSV", help="subjective scores (image,mos CSV or pyiqa's meta_info_*.csv)"
     )
+    report.add_argument("--name", help="the --scores dataset's name (default: from its file name)")
     report.add_argument(
         "--images",
         type=Path,
@@ -54,7 +55,8 @@ def add_parser(commands: Any) -> None:
         "--thumbnails",
         choices=("auto", "embed", "files"),
         default="auto",
-        help="embed thumbnails in the page, or write them to NAME_files/ beside it; auto embeds up to 24 MiB",
+        help="embed thumbnails in the page, or write them to NAME_files/ beside it; auto embeds up to 24 MiB "
+        "(about 6,000 photographs)",
     )
     report.add_argument("--title", help="page title (default: from the inputs)")
     report.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
@@ -164,6 +166,6 @@ def _subjective_scores(args: argparse.Namespace) -> Any:
     if folder is None:
         folders = [Path(name) for name in args.inputs if Path(name).is_dir()]
         folder = folders[0] if len(folders) == 1 else args.scores.parent
-    dataset = read_csv_dataset(folder, args.scores, check_files=False)
+    dataset = read_csv_dataset(folder, args.scores, name=args.name, check_files=False)
     check_scores(dataset.scores, f"{args.scores}: the subjective scores")
     return dataset
