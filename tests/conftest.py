@@ -51,6 +51,21 @@ def official_pth(clip_parts, weights_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def quiet_attention_pth(clip_parts, weights_dir: Path) -> Path:
+    """The same checkpoint with the attention pool's query projection scaled by 1e-3.
+
+    Its scores hardly depend on the order of summation, so different kernels (the backends, windows scored
+    together or one by one) agree to 1e-5 in fp32.
+    """
+    state = {key: value.clone() for key, value in official_state(*clip_parts).items()}
+    for name in ("weight", "bias"):
+        state[f"clip_model.visual.attnpool.q_proj.{name}"] *= 1e-3
+    path = weights_dir / "quiet_attention.pth"
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def layout_dir(official_pth: Path, weights_dir: Path) -> Path:
     """The same weights in our Hub layout (model, text tower and config.json)."""
     from qualiclip_metric.checkpoint import read_checkpoint, write_layout

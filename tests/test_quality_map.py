@@ -29,14 +29,8 @@ PATCH, STRIDE = 64, 32
 
 
 @pytest.fixture(scope="module")
-def pth(clip_parts, module_tmp_path: Path) -> Path:
-    clip_state, prompts = clip_parts
-    state = {"prompts_features": prompts, **{f"clip_model.{k}": v.clone() for k, v in clip_state.items()}}
-    for name in ("weight", "bias"):
-        state[f"clip_model.visual.attnpool.q_proj.{name}"] *= 1e-3
-    path = module_tmp_path / "qualiclip.pth"
-    torch.save(state, path)
-    return path
+def pth(quiet_attention_pth: Path) -> Path:
+    return quiet_attention_pth
 
 
 @pytest.fixture(scope="module")
