@@ -67,6 +67,23 @@ def test_the_score_reader_refuses_files_that_are_no_score_files(tmp_path):
     assert math.isnan(read_scores(tmp_path / "nan.csv").rows[0]["score"])
 
 
+def test_evaluate_reads_predictions_from_json_lines(tmp_path):
+    """read_predictions goes through read_scores: a JSON lines file joins the dataset as a CSV does."""
+    from qualiclip_metric.datasets import IQADataset
+    from qualiclip_metric.evaluation import read_predictions
+
+    dataset = IQADataset("set", [tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"], np.array([1.0, 2, 3]))
+    rows = [
+        FileScore(0, "/elsewhere/b.png", 0.5, 8, 8),  # matched by file name
+        FileScore(1, str(tmp_path / "a.png"), 0.25, 8, 8),
+        FileScore(2, str(tmp_path / "c.png"), error="c.png: truncated file"),
+    ]
+    write_scores(rows, tmp_path / "scores.jsonl")
+    predictions, errors = read_predictions(tmp_path / "scores.jsonl", dataset)
+    assert predictions[:2].tolist() == [0.25, 0.5] and math.isnan(predictions[2])
+    assert errors == {2: "c.png: truncated file"}
+
+
 # -- the page ------------------------------------------------------------------------------------------------
 
 TRICKY_FOLDER = "<"  # with the file below, the path holds "</script>", quotes, an ampersand and accents
