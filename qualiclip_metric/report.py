@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import urllib.parse
@@ -392,7 +393,8 @@ def write_report(
             over it on hover or click, coloured over the range of all maps' windows.
         thumbnails: ``"embed"`` (``data:`` URIs in the page), ``"files"`` (JPEG files in ``NAME_files/`` beside
             the page) or ``"auto"`` (embedded below :data:`EMBED_LIMIT` bytes in all).
-        overwrite: replace an existing page (and its ``NAME_files/`` folder); without it they are refused.
+        overwrite: replace an existing page (and its ``NAME_files/`` folder); without it they are refused. A
+            ``NAME_files/`` holding anything but a report's thumbnails and maps is never replaced.
         progress: called once per image as its thumbnail is made.
 
     A row without an error whose image cannot be read any more (a score file's path that no longer exists)
@@ -544,12 +546,14 @@ def write_report(
         page = page.replace(f"<!--QUALICLIP:{key}-->", value)
     files = None
     if not embed:
+        _check_report_folder(folder)  # again: it may have been filled since the check before any work
         with staged_folder(folder, overwrite=overwrite) as staging:
             for name, content in images.items():
                 (staging / name).write_bytes(content)
         files = folder
     write_text_atomically(output, page)
     if embed and overwrite and folder.is_dir():  # the replaced page's thumbnails
+        _check_report_folder(folder)
         shutil.rmtree(folder)
     return ReportSummary(output, files, len(rows), len(scored), failed, len(page.encode("utf-8")))
 
@@ -563,7 +567,8 @@ def check_report_output(output: str | os.PathLike, *, overwrite: bool = False) -
     Raises:
         ValueError: a suffix other than ``.html`` or ``.htm``.
         FileExistsError: the page or its ``NAME_files/`` folder exists and ``overwrite`` is not set.
-        qualiclip_metric.score_writer.OutputError: a missing or read-only folder, or a directory in its place.
+        qualiclip_metric.score_writer.OutputError: a missing or read-only folder, or a directory in its place;
+            a ``NAME_files/`` that holds anything but a report's thumbnails and maps (even with ``overwrite``).
     """
     from qualiclip_metric.score_writer import check_writable
 
@@ -571,12 +576,39 @@ def check_report_output(output: str | os.PathLike, *, overwrite: bool = False) -
     if output.suffix.lower() not in REPORT_SUFFIXES:
         raise ValueError(f"Argument `output` must end in .html or .htm, but got {output}")
     check_writable(output)
+    folder = output.with_name(output.stem + "_files")
     if not overwrite:
-        for existing in (output, output.with_name(output.stem + "_files")):
+        for existing in (output, folder):
             if existing.exists():
                 error = FileExistsError(f"{existing} already exists; pass overwrite=True to replace it")
                 error.filename = str(existing)
                 raise error
+    _check_report_folder(folder)
+
+
+#: The names of the files a report writes into its ``NAME_files/`` folder: thumbnails and quality maps.
+REPORT_FILE_NAME = re.compile(r"(t\d{6}\.jpg|m\d{6}\.png)")
+
+
+def _check_report_folder(folder: Path) -> None:
+    """Refuse to replace a ``NAME_files/`` folder holding anything the report does not write.
+
+    ``overwrite`` agrees to replacing a report; a folder of the same name with other files in it is not one.
+
+    Raises:
+        qualiclip_metric.score_writer.OutputError: ``folder`` is no folder, or holds other entries.
+    """
+    from qualiclip_metric.score_writer import OutputError
+
+    if not os.path.lexists(folder):
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise OutputError(f"{folder} exists and is not a report's folder of thumbnails; it was left as it is")
+    for entry in os.scandir(folder):
+        if not (REPORT_FILE_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)):
+            raise OutputError(
+                f"{folder} holds {entry.name}, which no report writes; it was left as it is (move it away first)"
+            )
 
 
 def quality_maps(

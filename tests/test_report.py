@@ -330,3 +330,35 @@ def test_report_refuses_bad_arguments_before_loading_weights(tmp_path):
         assert result.returncode == 2 and message in result.stderr, (arguments, result.stderr)
         assert "Traceback" not in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["empty", "images", "scores.csv"]
+
+
+def small_score_file(tmp_path: Path, count: int = 2) -> Path:
+    """A score file of ``count`` small images (scores 0.2, 0.4, ...), written without any weights."""
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    rows = []
+    for index in range(count):
+        path = images / f"{index}.png"
+        Image.fromarray(rgb_array(40, 48, seed=index)).save(path)
+        rows.append([path, round(0.2 * (index + 1), 4), 48, 40, ""])
+    return write_csv(tmp_path / "scores.csv", ["path", "score", "width", "height", "error"], rows)
+
+
+def test_force_never_deletes_a_folder_the_report_did_not_write(tmp_path):
+    score_file = small_score_file(tmp_path)
+    output = tmp_path / "holiday.html"
+    output.write_text("an older page")
+    folder = tmp_path / "holiday_files"
+    folder.mkdir()
+    (folder / "t000000.jpg").write_bytes(b"old thumbnail")
+    (folder / "precious.txt").write_text("my notes")
+    for mode in ("embed", "files"):
+        result = qualiclip("report", score_file, "--output", output, "--force", "--thumbnails", mode)
+        assert result.returncode == 2, result.stderr
+        assert "precious.txt" in result.stderr and "Traceback" not in result.stderr
+        assert (folder / "precious.txt").read_text() == "my notes" and output.read_text() == "an older page"
+    # A folder holding only what a report writes is replaced.
+    (folder / "precious.txt").unlink()
+    result = qualiclip("report", score_file, "--output", output, "--force", "--thumbnails", "files")
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in folder.iterdir()) == ["t000000.jpg", "t000001.jpg"]
