@@ -777,7 +777,8 @@ def read_scores(path: str | os.PathLike) -> ScoreFile:
     a number is read as NaN, so that the caller can say which row it was.
 
     Raises:
-        ValueError: an unknown suffix, a file that does not parse, or rows without ``path`` and ``score``.
+        ValueError: an unknown suffix, a file that does not parse, rows without ``path`` and ``score``, or a
+            CSV row with more cells than the header.
         OSError: the file cannot be read.
 
     Example:
@@ -795,7 +796,14 @@ def read_scores(path: str | os.PathLike) -> ScoreFile:
             if suffix == ".csv":
                 reader = csv.DictReader(handle)
                 columns = list(reader.fieldnames or [])
-                raw = [{key: _unquote(value or "") for key, value in entry.items()} for entry in reader]
+                raw = []
+                for entry in reader:
+                    if None in entry:  # DictReader keeps the cells beyond the header under the key None
+                        raise ValueError(
+                            f"{path}: line {reader.line_num} has {len(columns) + len(entry[None])} cells, "
+                            f"but the header has {len(columns)}"
+                        )
+                    raw.append({key: _unquote(value or "") for key, value in entry.items()})
             elif suffix == ".jsonl":
                 raw = [json.loads(line) for line in handle if line.strip()]
             else:

@@ -362,3 +362,17 @@ def test_force_never_deletes_a_folder_the_report_did_not_write(tmp_path):
     result = qualiclip("report", score_file, "--output", output, "--force", "--thumbnails", "files")
     assert result.returncode == 0, result.stderr
     assert sorted(path.name for path in folder.iterdir()) == ["t000000.jpg", "t000001.jpg"]
+
+
+def test_a_csv_row_with_more_cells_than_the_header_is_refused_with_its_line(tmp_path):
+    score_file = small_score_file(tmp_path)
+    with open(score_file, "a", encoding="utf-8") as handle:
+        handle.write("c.png,0.5,48,40,,surplus\n")  # line 4
+    with pytest.raises(ValueError, match=r"scores\.csv: line 4 has 6 cells, but the header has 5"):
+        read_scores(score_file)
+    result = qualiclip("report", score_file, "--output", tmp_path / "report.html")
+    assert result.returncode == 2 and "line 4 has 6 cells" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "report.html").exists()
+    mos = write_csv(tmp_path / "mos.csv", ["image", "mos"], [["0.png", 1.0], ["1.png", 2.0]])
+    result = qualiclip("evaluate", "--predictions", score_file, "--scores", mos, "--images", tmp_path / "images")
+    assert result.returncode == 2 and "line 4 has 6 cells" in result.stderr, result.stderr
