@@ -29,7 +29,7 @@ import shutil
 import statistics
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +61,8 @@ class ReportSummary:
     scored: int
     failed: list[dict[str, Any]]
     bytes: int
+    #: Rows (by index) whose image gave no thumbnail, and why; their scores and errors are as given.
+    no_preview: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,20 +98,22 @@ class ImageMap:
 def thumbnail(path: str | os.PathLike, size: int = THUMBNAIL_SIZE, quality: int = THUMBNAIL_QUALITY) -> bytes:
     """A JPEG of the image at ``path`` whose longer side is at most ``size`` pixels.
 
-    Decoded by :func:`qualiclip_metric.inputs.load_image` (every mode, EXIF orientation), downscaled with
-    its antialiased resize.
+    Decoded by :func:`qualiclip_metric.inputs.load_image` (every mode, EXIF orientation), downscaled by
+    PIL's antialiased ``Image.thumbnail``: unlike the model's resize it has no minimum side, so a panorama
+    of 31 x 400 pixels gets a 10 x 128 preview.
 
     Raises:
         qualiclip_metric.errors.ImageLoadError: the file cannot be read as an image.
     """
     from PIL import Image
 
-    from qualiclip_metric.inputs import load_image, resize_longer_side
+    from qualiclip_metric.inputs import load_image
 
-    image = resize_longer_side(load_image(path)[None], size)[0]
-    pixels = (image.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    pixels = (load_image(path).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    image = Image.fromarray(pixels)
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality, optimize=True)
+    image.save(buffer, format="JPEG", quality=quality, optimize=True)
     return buffer.getvalue()
 
 
@@ -398,7 +402,7 @@ def write_report(
         progress: called once per image as its thumbnail is made.
 
     A row without an error whose image cannot be read any more (a score file's path that no longer exists)
-    gets the decoder's error: it is listed with the failed images.
+    keeps its score; the page shows a placeholder for its thumbnail, and ``no_preview`` says why.
 
     Returns:
         A :class:`ReportSummary`; ``failed`` holds the rows with an error.
@@ -428,6 +432,7 @@ def write_report(
     images: dict[str, bytes] = {}
     thumbs: list[str | None] = [None] * len(rows)
     sizes: list[tuple[int, int] | None] = [None] * len(rows)
+    previews: dict[int, str] = {}  # rows without a thumbnail, and why: their scores stay as they are
     made: dict[str, int] = {}  # a file listed twice is read once and shares its thumbnail
     for index, row in enumerate(rows):
         first = made.get(str(row["path"]))
@@ -437,7 +442,7 @@ def write_report(
             try:
                 data = thumbnail(row["path"])
             except (ImageLoadError, OSError, ValueError) as err:
-                row["error"] = str(err)
+                previews[index] = str(err)
             else:
                 name = f"t{index:06d}.jpg"
                 images[name], thumbs[index] = data, name
@@ -493,6 +498,8 @@ def write_report(
             "k": source_of(map_names.get(index)),
             "m": comparison.row_mos[index] if comparison is not None else None,
         }
+        if index in previews:
+            entry["te"] = previews[index]
         if index in maps:
             entry["kc"] = list(np.asarray(maps[index].cells).shape)
         entries.append(entry)
@@ -555,10 +562,30 @@ def write_report(
     if embed and overwrite and folder.is_dir():  # the replaced page's thumbnails
         _check_report_folder(folder)
         shutil.rmtree(folder)
-    return ReportSummary(output, files, len(rows), len(scored), failed, len(page.encode("utf-8")))
+    return ReportSummary(output, files, len(rows), len(scored), failed, len(page.encode("utf-8")), previews)
 
 
 REPORT_SUFFIXES = (".html", ".htm")
+
+
+def locate_rows(rows: Sequence[Mapping[str, Any]], folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """``rows`` with each relative path that does not exist from the working folder taken from ``folder``.
+
+    A score file written with relative paths is then read from anywhere: ``folder`` is the score file's.
+    Paths that exist as given, absolute paths and paths found in neither place are kept as they are.
+
+    Example:
+        >>> locate_rows([{"path": "a.png"}], "/scores")[0]["path"]  # doctest: +SKIP
+        '/scores/a.png'
+    """
+    located = []
+    for row in rows:
+        row = dict(row)
+        path = Path(str(row["path"]))
+        if not path.is_absolute() and not os.path.lexists(path) and os.path.lexists(Path(folder) / path):
+            row["path"] = str(Path(folder) / path)
+        located.append(row)
+    return located
 
 
 def check_report_output(output: str | os.PathLike, *, overwrite: bool = False) -> None:

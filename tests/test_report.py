@@ -279,14 +279,21 @@ def test_report_of_a_score_file_with_mos_and_thumbnail_files(tmp_path, browser):
         "--weights",
         tmp_path / "no-weights.pth",
     )
-    assert result.returncode == 1, result.stderr  # two rows failed; no weights were needed
+    assert result.returncode == 1, result.stderr  # 7.png failed; no weights were needed
+    assert "no thumbnail: " + gone + ": no such file" in result.stderr
     assert sorted(path.name for path in (tmp_path / "report_files").iterdir()) == [f"t{i:06d}.jpg" for i in range(6)]
 
     open_report(browser, output, "?sort=score&dir=desc")  # the page reads its view from the URL
     shown = table(browser)
     assert [row["score"] for row in shown] == [0.9, *sorted(scores, reverse=True), None]
     by_path = {row["path"]: row for row in shown}
-    assert "no such file" in by_path[gone]["error"] and by_path[gone]["thumb"] == 0
+    # The image gone since it was scored keeps its score and has no error; its preview is a placeholder.
+    assert by_path[gone]["score"] == 0.9 and by_path[gone]["error"] == "" and by_path[gone]["thumb"] == 0
+    placeholder = browser.evaluate(
+        "[...document.querySelectorAll('#rows tr')].filter(tr => tr.dataset.score === '0.9')"
+        ".map(tr => [tr.querySelector('.thumb').textContent, tr.querySelector('.thumb').title])[0]"
+    )
+    assert placeholder == ["no preview", gone + ": no such file"]
     assert by_path[str(images / "7.png")]["error"] == "7.png: not a recognised image file"
     assert all(by_path[str(images / name)]["thumb"] == 48 for name in names)  # read from report_files/
     shown_mos = browser.evaluate("[...document.querySelectorAll('#rows td.mos')].map(td => td.textContent)")
@@ -376,3 +383,37 @@ def test_a_csv_row_with_more_cells_than_the_header_is_refused_with_its_line(tmp_
     mos = write_csv(tmp_path / "mos.csv", ["image", "mos"], [["0.png", 1.0], ["1.png", 2.0]])
     result = qualiclip("evaluate", "--predictions", score_file, "--scores", mos, "--images", tmp_path / "images")
     assert result.returncode == 2 and "line 4 has 6 cells" in result.stderr, result.stderr
+
+
+def page_data(path: Path) -> dict:
+    """The JSON data block of a report page."""
+    text = path.read_text(encoding="utf-8")
+    start = text.index('<script type="application/json" id="report-data">') + len(
+        '<script type="application/json" id="report-data">'
+    )
+    return json.loads(text[start : text.index("</script>", start)])
+
+
+def test_a_row_without_a_preview_keeps_its_score_and_relative_paths_are_read_from_the_score_file(tmp_path):
+    """Relative paths found beside the score file; a panorama gets a thumbnail; a file gone keeps its score."""
+    folder = tmp_path / "shoot"
+    (folder / "images").mkdir(parents=True)
+    Image.fromarray(rgb_array(31, 400, seed=1)).save(folder / "images" / "wide.png")  # below the model's minimum
+    Image.fromarray(rgb_array(40, 48, seed=2)).save(folder / "images" / "small.png")
+    rows = [["images/wide.png", 0.25, 400, 31, ""], ["images/small.png", 0.75, 48, 40, ""], ["gone.png", 0.5, 8, 8, ""]]
+    score_file = write_csv(folder / "scores.csv", ["path", "score", "width", "height", "error"], rows)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = qualiclip("report", score_file, "--output", "report.html", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr  # every row has a score; only a preview is missing
+    assert "3 images, 3 scored, 0 failed" in result.stderr and "no thumbnail: gone.png: no such file" in result.stderr
+    data = page_data(elsewhere / "report.html")
+    by_name = {Path(row["p"]).name: row for row in data["rows"]}
+    assert by_name["wide.png"]["p"] == str(folder / "images" / "wide.png")
+    assert by_name["wide.png"]["ts"] == [128, 10] and by_name["small.png"]["ts"] == [48, 40]  # never enlarged
+    with Image.open(io.BytesIO(base64.b64decode(by_name["wide.png"]["t"].split(",", 1)[1]))) as preview:
+        assert preview.size == (128, 10)
+    assert by_name["gone.png"]["s"] == 0.5 and by_name["gone.png"]["e"] is None and by_name["gone.png"]["t"] is None
+    assert by_name["gone.png"]["te"] == "gone.png: no such file"
+    html = (elsewhere / "report.html").read_text(encoding="utf-8")
+    assert "3 scored" in html and "mean score 0.5000" in html  # the summary counts the row without a preview

@@ -83,7 +83,7 @@ def _score_file(inputs: list[str]) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from qualiclip_metric.report import check_report_output, quality_maps, write_report
+    from qualiclip_metric.report import check_report_output, locate_rows, quality_maps, write_report
     from qualiclip_metric.score_writer import OutputError, read_scores, score_row
 
     score_file = _score_file(args.inputs)
@@ -117,7 +117,11 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
         source = f"weights {model.source}"
     else:
-        rows, pair_names, source = table.rows, table.pair_names, f"score file {score_file}"
+        rows, pair_names, source = (
+            locate_rows(table.rows, score_file.parent),
+            table.pair_names,
+            f"score file {score_file}",
+        )
     maps, map_errors = {}, {}
     if args.maps:
         progress = tqdm(total=len(rows), unit="img", desc="maps", file=sys.stderr, disable=quiet)
@@ -148,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"qualiclip: failed: {row['error']}", file=sys.stderr)
         for message in map_errors.values():
             print(f"qualiclip: no quality map: {message}", file=sys.stderr)
+        for message in summary.no_preview.values():
+            print(f"qualiclip: no thumbnail: {message}", file=sys.stderr)
         beside = f" and {summary.files}/" if summary.files else ""
         print(
             f"qualiclip: wrote {summary.path}{beside} ({summary.bytes / 2**20:.1f} MiB): {summary.images} images, "

@@ -107,7 +107,8 @@
         box.addEventListener("click", (event) => { event.stopPropagation(); box.classList.toggle("pinned"); });
       }
     } else {
-      box.appendChild(el("span", "missing", failedRow(row) ? "not readable" : "no image"));
+      box.appendChild(el("span", "missing", failedRow(row) ? "not readable" : "no preview"));
+      if (row.te) box.title = row.te;
     }
     return box;
   }
