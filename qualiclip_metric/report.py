@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qualiclip_metric.inputs import DEFAULT_MAX_PIXELS
+
 if TYPE_CHECKING:
     from qualiclip_metric.datasets import IQADataset
 
@@ -95,12 +97,17 @@ class ImageMap:
         return grid[np.clip(rows, 0, grid.shape[0] - 1)][:, np.clip(cols, 0, grid.shape[1] - 1)]
 
 
-def thumbnail(path: str | os.PathLike, size: int = THUMBNAIL_SIZE, quality: int = THUMBNAIL_QUALITY) -> bytes:
+def thumbnail(
+    path: str | os.PathLike,
+    size: int = THUMBNAIL_SIZE,
+    quality: int = THUMBNAIL_QUALITY,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> bytes:
     """A JPEG of the image at ``path`` whose longer side is at most ``size`` pixels.
 
     Decoded by :func:`qualiclip_metric.inputs.load_image` (every mode, EXIF orientation), downscaled by
     PIL's antialiased ``Image.thumbnail``: unlike the model's resize it has no minimum side, so a panorama
-    of 31 x 400 pixels gets a 10 x 128 preview.
+    of 31 x 400 pixels gets a 10 x 128 preview. ``max_pixels`` is the decoder's guard, as for scoring.
 
     Raises:
         qualiclip_metric.errors.ImageLoadError: the file cannot be read as an image.
@@ -109,7 +116,7 @@ def thumbnail(path: str | os.PathLike, size: int = THUMBNAIL_SIZE, quality: int 
 
     from qualiclip_metric.inputs import load_image
 
-    pixels = (load_image(path).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    pixels = (load_image(path, max_pixels).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
     image = Image.fromarray(pixels)
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
@@ -381,6 +388,7 @@ def write_report(
     thumbnails: str = "auto",
     overwrite: bool = False,
     progress: Callable[[], Any] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> ReportSummary:
     """Write the HTML report of score ``rows`` to ``output``.
 
@@ -400,6 +408,8 @@ def write_report(
         overwrite: replace an existing page (and its ``NAME_files/`` folder); without it they are refused. A
             ``NAME_files/`` holding anything but a report's thumbnails and maps is never replaced.
         progress: called once per image as its thumbnail is made.
+        max_pixels: the decoder's guard for the thumbnails (:func:`qualiclip_metric.inputs.load_image`): give
+            the one the images were scored with.
 
     A row without an error whose image cannot be read any more (a score file's path that no longer exists)
     keeps its score; the page shows a placeholder for its thumbnail, and ``no_preview`` says why.
@@ -440,7 +450,7 @@ def write_report(
             thumbs[index], sizes[index] = thumbs[first], sizes[first]
         elif row.get("error") is None:
             try:
-                data = thumbnail(row["path"])
+                data = thumbnail(row["path"], max_pixels=max_pixels)
             except (ImageLoadError, OSError, ValueError) as err:
                 previews[index] = str(err)
             else:
@@ -645,11 +655,13 @@ def quality_maps(
     patch: int = 224,
     stride: int = 112,
     max_size: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: Callable[[], Any] | None = None,
 ) -> tuple[dict[int, ImageMap], dict[int, str]]:
     """The quality map (``model.quality_map``: window scores) of each row's image that has no error.
 
-    Each image is decoded as it was scored (:func:`~qualiclip_metric.inputs.load_image`, then ``max_size``).
+    Each image is decoded as it was scored (:func:`~qualiclip_metric.inputs.load_image` with ``max_pixels``,
+    then ``max_size``).
     Returns the maps and, for images whose map could not be computed, the reason, both by row index.
 
     Example:
@@ -666,7 +678,7 @@ def quality_maps(
     for index, row in enumerate(rows):
         if row.get("error") is None:
             try:
-                image = resize_longer_side(load_image(row["path"])[None], max_size).to(model.device)
+                image = resize_longer_side(load_image(row["path"], max_pixels)[None], max_size).to(model.device)
                 with torch.inference_mode():
                     cells = model.quality_map(image, patch, stride)[0].float().cpu().numpy()
                 maps[index] = ImageMap(cells, image.shape[-2], image.shape[-1], patch, stride)

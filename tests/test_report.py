@@ -417,3 +417,29 @@ def test_a_row_without_a_preview_keeps_its_score_and_relative_paths_are_read_fro
     assert by_name["gone.png"]["te"] == "gone.png: no such file"
     html = (elsewhere / "report.html").read_text(encoding="utf-8")
     assert "3 scored" in html and "mean score 0.5000" in html  # the summary counts the row without a preview
+
+
+def test_a_lower_max_pixels_refuses_the_image_for_scoring_thumbnails_and_maps_alike(tmp_path, official_pth):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(rgb_array(40, 48, seed=1)).save(images / "small.png")  # 1,920 pixels
+    Image.fromarray(rgb_array(32, 32, seed=2)).save(images / "tiny.png")  # 1,024 pixels
+    limit = ["--max-pixels", 1500, "--weights", official_pth, "--workers", 0]
+    scored = qualiclip("report", images, "--output", tmp_path / "scored.html", *limit)
+    assert scored.returncode == 1 and "1 scored, 1 failed" in scored.stderr, scored.stderr
+    assert "small.png" in scored.stderr and "1500" in scored.stderr.replace(",", "")
+    score_file = write_csv(
+        tmp_path / "scores.csv",
+        ["path", "score", "width", "height", "error"],
+        [[images / "small.png", 0.25, 48, 40, ""], [images / "tiny.png", 0.5, 32, 32, ""]],
+    )
+    read = qualiclip(
+        "report", score_file, "--maps", "--patch", 32, "--stride", 16, "--output", tmp_path / "read.html", *limit
+    )
+    assert read.returncode == 1, read.stderr  # the map of small.png could not be computed
+    refusal = [line for line in scored.stderr.splitlines() if "small.png" in line][0].split("small.png", 1)[1]
+    assert "no thumbnail: " + str(images / "small.png") + refusal in read.stderr
+    assert "no quality map: " + str(images / "small.png") + refusal in read.stderr
+    by_name = {Path(row["p"]).name: row for row in page_data(tmp_path / "read.html")["rows"]}
+    assert by_name["small.png"]["t"] is None and by_name["small.png"]["k"] is None
+    assert by_name["tiny.png"]["t"] is not None and by_name["tiny.png"]["k"] is not None

@@ -83,6 +83,7 @@ def _score_file(inputs: list[str]) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from qualiclip_metric.inputs import DEFAULT_MAX_PIXELS
     from qualiclip_metric.report import check_report_output, locate_rows, quality_maps, write_report
     from qualiclip_metric.score_writer import OutputError, read_scores, score_row
 
@@ -123,10 +124,17 @@ def run(args: argparse.Namespace) -> int:
             f"score file {score_file}",
         )
     maps, map_errors = {}, {}
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels  # as the images were scored
     if args.maps:
         progress = tqdm(total=len(rows), unit="img", desc="maps", file=sys.stderr, disable=quiet)
         maps, map_errors = quality_maps(
-            model, rows, patch=args.patch, stride=args.stride, max_size=args.max_size, progress=progress.update
+            model,
+            rows,
+            patch=args.patch,
+            stride=args.stride,
+            max_size=args.max_size,
+            max_pixels=max_pixels,
+            progress=progress.update,
         )
         progress.close()
     progress = tqdm(total=len(rows), unit="img", desc="thumbnails", file=sys.stderr, disable=quiet)
@@ -142,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
             thumbnails=args.thumbnails,
             overwrite=args.force,
             progress=progress.update,
+            max_pixels=max_pixels,
         )
     except (OutputError, FileExistsError) as err:
         raise CommandError(f"{err}; nothing was replaced") from err
