@@ -207,3 +207,20 @@ def test_the_map_command_writes_maps_and_never_replaces_files(pth, model, tmp_pa
     # Arguments are checked before the weights are read (the weights here do not exist).
     refused = run_cli(["map", good, "--output", tmp_path / "new", "--patch", "64", "--stride", "65", "--weights", "x"])
     assert refused.returncode == 2 and "Argument `stride` must be at most `patch` (64)" in refused.stderr
+
+
+def test_a_file_given_twice_is_mapped_once_and_the_rest_still_are(pth, tmp_path):
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    Image.fromarray(rgb_array(64, 64, seed=1)).save(first)
+    Image.fromarray(rgb_array(64, 64, seed=2)).save(second)
+    output = tmp_path / "maps"
+    (tmp_path / "sub").mkdir()
+    again = tmp_path / "sub" / ".." / "first.png"  # the same file by another spelling
+    result = run_cli(
+        ["map", first, first, again, second, "--output", output, "--weights", pth, "--patch", 64, "--stride", 64]
+    )
+    assert result.returncode == 0, result.stderr
+    assert "mapped 2 of 2 images" in result.stderr
+    names = sorted(path.name for path in output.iterdir())
+    assert names == ["first.json", "first.npy", "first.png", "second.json", "second.npy", "second.png"]
+    assert json.loads((output / "first.json").read_text())["path"] == str(first)  # the first mention kept

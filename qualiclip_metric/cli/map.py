@@ -53,6 +53,21 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def unique_files(files: list[Path]) -> list[Path]:
+    """``files`` with each file once (compared by resolved path; the first mention kept, in order).
+
+    A file given twice, or by a folder and by name, is mapped once instead of colliding with itself.
+    """
+    seen: set[Path] = set()
+    unique = []
+    for file in files:
+        key = Path(file).resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(file)
+    return unique
+
+
 def output_names(files: list[Path], folder: Path, per_pair: bool) -> list[dict[str, Path]]:
     """The files each input gets, by kind; two inputs that would share a file are refused.
 
@@ -88,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(err)) from err
     if importlib.util.find_spec("matplotlib") is None:
         raise CommandError('map needs matplotlib for its PNG files: pip install "qualiclip-metric[plot]"')
-    files = collect_image_files(args.paths, recursive=args.recursive)
+    files = unique_files(collect_image_files(args.paths, recursive=args.recursive))
     if not files:
         raise CommandError("no image files found in " + ", ".join(args.paths))
     plans = output_names(files, args.output, args.per_pair)
