@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from qualiclip_metric.inputs import as_image_batch
+from qualiclip_metric.inputs import MIN_IMAGE_SIDE, as_image_batch
 
 if TYPE_CHECKING:
     from qualiclip_metric.model import QualiCLIP
@@ -30,15 +30,19 @@ def _positive_int(name: str, value: object) -> int:
 
 
 def validate_window(patch: object, stride: object) -> tuple[int, int]:
-    """``(patch, stride)`` checked: positive integers with ``stride <= patch``.
+    """``(patch, stride)`` checked: positive integers with ``MIN_IMAGE_SIDE <= patch`` and ``stride <= patch``.
 
     A stride longer than the window would leave pixels that no window sees, and the map would say nothing
-    about them.
+    about them. A window below the network's minimum side (31 pixels) could not be scored in any image.
 
     Raises:
-        ValueError: either is not a positive integer, or ``stride > patch``.
+        ValueError: either is not a positive integer, ``patch < MIN_IMAGE_SIDE``, or ``stride > patch``.
     """
     patch, stride = _positive_int("patch", patch), _positive_int("stride", stride)
+    if patch < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"Argument `patch` must be at least {MIN_IMAGE_SIDE} (the network's minimum image side), but got {patch}"
+        )
     if stride > patch:
         raise ValueError(
             f"Argument `stride` must be at most `patch` ({patch}) so that every pixel lies in a window, "

@@ -128,6 +128,7 @@ def test_a_non_torch_backend_maps_like_torch(pth, model, wide):
         ({"patch": 64.0}, "Argument `patch` must be a positive integer, but got 64.0"),
         ({"stride": True}, "Argument `stride` must be a positive integer, but got True"),
         ({"patch": 64, "stride": 65}, r"Argument `stride` must be at most `patch` \(64\)"),
+        ({"patch": 30, "stride": 16}, r"Argument `patch` must be at least 31 \(the network's minimum image side\)"),
         ({"chunk_size": 0}, "Argument `chunk_size` must be a positive integer, but got 0"),
     ],
 )
@@ -207,6 +208,10 @@ def test_the_map_command_writes_maps_and_never_replaces_files(pth, model, tmp_pa
     # Arguments are checked before the weights are read (the weights here do not exist).
     refused = run_cli(["map", good, "--output", tmp_path / "new", "--patch", "64", "--stride", "65", "--weights", "x"])
     assert refused.returncode == 2 and "Argument `stride` must be at most `patch` (64)" in refused.stderr
+    for command in (["map", good, "--output", tmp_path / "new"], ["report", good, "--maps", "-o", tmp_path / "r.html"]):
+        refused = run_cli([*command, "--patch", "16", "--stride", "8", "--weights", "x"])
+        assert refused.returncode == 2 and "Argument `patch` must be at least 31" in refused.stderr, refused.stderr
+    assert not (tmp_path / "new").exists() and not (tmp_path / "r.html").exists()
 
 
 def test_a_file_given_twice_is_mapped_once_and_the_rest_still_are(pth, tmp_path):
