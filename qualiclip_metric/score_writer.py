@@ -774,7 +774,8 @@ def read_scores(path: str | os.PathLike) -> ScoreFile:
     The one reader of score files: ``qualiclip evaluate --predictions`` and ``qualiclip report`` read
     through it. Columns other than ``path``, ``score``, ``width``, ``height`` and ``error`` are pair
     probabilities. CSV cells lose the ``'`` that protected them from spreadsheets; a score that is not
-    a number is read as NaN, so that the caller can say which row it was.
+    a number is read as NaN, so that the caller can say which row it was; an ``error`` that is not text
+    (a number in a JSON file) is read as its text. A file of no images (a CSV header, ``[]``) gives no rows.
 
     Raises:
         ValueError: an unknown suffix, a file that does not parse, rows without ``path`` and ``score``, or a
@@ -814,7 +815,8 @@ def read_scores(path: str | os.PathLike) -> ScoreFile:
         if not isinstance(raw, list) or not all(isinstance(entry, dict) for entry in raw):
             raise ValueError(f"{path}: a JSON score file holds one object per image")
         columns = list(dict.fromkeys(key for entry in raw for key in entry))
-    if not {"path", "score"} <= set(columns) or any("path" not in entry for entry in raw):
+    checked = raw or suffix == ".csv"  # an empty JSON file has no keys to check; an empty CSV still has its header
+    if checked and (not {"path", "score"} <= set(columns) or any("path" not in entry for entry in raw)):
         raise ValueError(f"{path}: needs the columns path and score (as `qualiclip score` writes them)")
     known = {*SCORE_COLUMNS, "error"}
     pair_names = [column for column in columns if column not in known]
@@ -823,6 +825,7 @@ def read_scores(path: str | os.PathLike) -> ScoreFile:
         row = {"path": str(entry["path"]), "score": _number(entry.get("score"), float)}
         row.update(width=_number(entry.get("width"), int), height=_number(entry.get("height"), int))
         row.update({name: _number(entry.get(name), float) for name in pair_names})
-        row["error"] = entry.get("error") or None
+        error = entry.get("error")
+        row["error"] = str(error) if error else None  # a JSON file may hold a number or object there
         rows.append(row)
     return ScoreFile(path, rows, pair_names)

@@ -443,3 +443,17 @@ def test_a_lower_max_pixels_refuses_the_image_for_scoring_thumbnails_and_maps_al
     by_name = {Path(row["p"]).name: row for row in page_data(tmp_path / "read.html")["rows"]}
     assert by_name["small.png"]["t"] is None and by_name["small.png"]["k"] is None
     assert by_name["tiny.png"]["t"] is not None and by_name["tiny.png"]["k"] is not None
+
+
+def test_empty_score_files_are_refused_alike_and_a_non_text_error_is_read_as_text(tmp_path):
+    (tmp_path / "empty.csv").write_text("path,score,width,height,error\n")
+    (tmp_path / "empty.json").write_text("[]")
+    (tmp_path / "empty.jsonl").write_text("")
+    for name in ("empty.csv", "empty.json", "empty.jsonl"):
+        assert read_scores(tmp_path / name).rows == []
+        result = qualiclip("report", tmp_path / name, "--output", tmp_path / "report.html")
+        assert result.returncode == 2, (name, result.stderr)
+        assert result.stderr == f"qualiclip: {tmp_path / name}: the score file holds no images\n"
+    assert not (tmp_path / "report.html").exists()
+    (tmp_path / "numbers.json").write_text('[{"path": "a.png", "score": null, "error": 5}]')
+    assert read_scores(tmp_path / "numbers.json").rows[0]["error"] == "5"

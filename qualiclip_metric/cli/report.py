@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_report_output(args.output, overwrite=args.force)
         table = read_scores(score_file) if score_file is not None else None
+        if table is not None and not table.rows:
+            raise ValueError(f"{score_file}: the score file holds no images")
         dataset = _subjective_scores(args) if args.scores is not None else None
         if args.maps:
             from qualiclip_metric.quality_map import validate_window
