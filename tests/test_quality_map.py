@@ -112,10 +112,11 @@ def test_no_graph_unless_gradients_are_asked_for(model, wide):
 
 def test_a_non_torch_backend_maps_like_torch(pth, model, wide):
     onnx = QualiCLIP.from_pretrained(pth, backend="onnxruntime")
-    with torch.no_grad():
-        expected = model.quality_map(wide, PATCH, STRIDE)
+    # 40 x 144 at patch 64, stride 32: one row of full-height windows starting at columns 0, 32, 64 and 80,
+    # each crop scored alone by the ONNX model's own forward.
+    expected = torch.stack([crop_scores(onnx, image, [0], [0, 32, 64, 80], 40, 64) for image in wide])
     cells = onnx.quality_map(wide, PATCH, STRIDE, chunk_size=3)
-    assert cells.shape == expected.shape and (cells - expected).abs().max() <= TOLERANCE
+    assert cells.shape == expected.shape == (2, 1, 4) and (cells - expected).abs().max() <= TOLERANCE
     # Images that require grad are refused, as by the backend's forward.
     with pytest.raises(RuntimeError, match="computes no gradients"):
         onnx.quality_map(wide[0].clone().requires_grad_(), PATCH, STRIDE)
@@ -174,6 +175,23 @@ def test_the_overlay_renders_to_bytes_files_and_buffers(tmp_path, wide):
     assert (tmp_path / "map.svg").read_text().lstrip().startswith("<?xml")
     with pytest.raises(ValueError, match="Argument `cells` must be a tensor shaped"):
         render_quality_map(image, cells, patch=224, stride=112)  # another grid
+
+
+def test_the_overlay_colours_each_region_by_the_windows_over_it():
+    """On a grey image, columns 0-31 lie in the low window alone and columns 64-143 in high ones only."""
+    matplotlib = pytest.importorskip("matplotlib")
+    grey, cells = torch.full((3, 40, 144), 0.5), torch.tensor([[0.2, 0.8, 0.8, 0.8]])
+    png = render_quality_map(grey, cells, patch=PATCH, stride=STRIDE, limits=(0.0, 1.0))
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64)
+    columns = {}
+    for value in (0.2, 0.8):  # the viridis colour at half opacity over the grey
+        colour = (0.5 * np.asarray(matplotlib.colormaps["viridis"](value)[:3]) + 0.25) * 255
+        _, x = np.nonzero(np.abs(pixels - colour).max(axis=-1) <= 3)
+        assert x.size > 500, value  # a region of the figure has it
+        columns[value] = x
+    assert columns[0.2].max() < columns[0.8].min()  # the low window's region lies left of the high windows'
+    low_width, high_width = np.ptp(columns[0.2]) + 1, np.ptp(columns[0.8]) + 1
+    assert abs(low_width / high_width - 32 / 80) < 0.05  # 32 columns against 80
 
 
 def test_the_map_command_writes_maps_and_never_replaces_files(pth, model, tmp_path):
