@@ -173,10 +173,12 @@ def test_report_of_a_folder_in_chromium(folder_report, browser, model, tmp_path)
     by_name = {Path(row["path"]).name: row for row in shown}
     assert "cannot decode image" in by_name["broken.jpg"]["error"] and by_name["broken.jpg"]["score"] is None
     assert by_name["a.png"]["size"] == "64 × 48" and by_name["d.jpg"]["size"] == "80 × 64"
+    # Thumbnails are at most 128 pixels on the longer side and never enlarged: e.png (320 x 256) is 128 wide.
+    thumb_widths = {"a.png": 64, "b.jpg": 72, "c.png": 40, "d.jpg": 80, "e.png": 128, TRICKY_FILE: 56}
     for name in files.keys() - {"broken.jpg"}:
         row = by_name[name]
         assert 0 < row["score"] < 1 and row["error"] == "" and row["bars"] == 7, row
-        assert 0 < row["thumb"] <= 128  # the thumbnail decoded
+        assert row["thumb"] == thumb_widths[name], row
     with torch.no_grad():
         expected = model(load_image(files[TRICKY_FILE])[None]).item()
     assert by_name[TRICKY_FILE]["score"] == pytest.approx(expected, abs=1e-5)
@@ -306,7 +308,13 @@ def test_report_of_a_score_file_with_mos_and_thumbnail_files(tmp_path, browser):
     assert metrics["plcc"] == f"{stats.pearsonr(scores, mos).statistic:.4f}"
     assert browser.evaluate("document.querySelectorAll('#scatter circle.point').length") == 6
     assert browser.evaluate("document.querySelectorAll('#scatter polyline.fit').length") == 1
-    assert browser.evaluate("document.querySelectorAll('#histogram rect.bar').length") == 24
+    # The histogram's bars count the scored images (the one gone since included), binned as numpy bins them.
+    titles = browser.evaluate("[...document.querySelectorAll('#histogram rect.bar title')].map(t => t.textContent)")
+    counts = [int(title.rsplit(": ", 1)[1].split()[0]) for title in titles]
+    known = [*scores, 0.9]
+    assert sum(counts) == len(known) == 7
+    assert counts == np.histogram(known, bins=len(counts), range=(min(known), max(known)))[0].tolist()
+    assert titles[0].startswith(f"{min(known):.4f} to ") and titles[-1].endswith(f" to {max(known):.4f}: 1 images")
 
     # The page is never replaced silently: refused (exit 2, before anything is read), then replaced with --force.
     before = output.read_bytes()
