@@ -368,6 +368,12 @@ def _metrics_table(comparison: MOSComparison) -> str:
     return f'<table id="metrics"><caption>{caption}</caption>{rows}</table>'
 
 
+def _ramp_css() -> str:
+    """The legend's colour ramp, from :data:`MAP_COLOURS`: the colours the maps are drawn with."""
+    stops = ", ".join(f"#{red:02x}{green:02x}{blue:02x}" for red, green, blue in MAP_COLOURS)
+    return f".legend .ramp {{ background: linear-gradient(90deg, {stops}); }}\n"
+
+
 def _asset(name: str) -> str:
     return (resources.files("qualiclip_metric") / "report_assets" / name).read_text(encoding="utf-8")
 
@@ -553,7 +559,7 @@ def write_report(
     page = _asset("report.html")
     for key, value in {
         "TITLE": html.escape(title),
-        "STYLE": _asset("report.css"),
+        "STYLE": _asset("report.css") + _ramp_css(),
         "SUMMARY": " · ".join(summary_parts),
         "DETAILS": " · ".join(details),
         "CHARTS": "".join(charts),

@@ -223,6 +223,8 @@ def test_report_of_a_folder_in_chromium(folder_report, browser, model, tmp_path)
         corners = np.asarray(drawn.convert("L"))[[0, -1], [0, -1]]
     # Pixels at the corners lie in one window each; viridis grows lighter with the value.
     assert (corners[0] < corners[1]) == bool(cells[0, 0] < cells[-1, -1]) and corners[0] != corners[1]
+    ramp = browser.evaluate("getComputedStyle(document.querySelector('#map-legend .ramp')).backgroundImage")
+    assert ramp.startswith("linear-gradient(90deg, rgb(68, 1, 84)") and ramp.endswith("rgb(253, 231, 37))")  # viridis
     opacity = "getComputedStyle(document.querySelector('#rows .thumb img.map')).opacity"
     assert browser.evaluate(opacity) == "0"
     browser.hover("#rows .thumb")
