@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qualiclip_metric.plotting import _pyplot  # pyplot on the Agg backend, imported when a picture is made
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 BENCHMARKS = ROOT / "benchmarks" / "results"
@@ -49,16 +51,6 @@ class Picture:
     make: Callable[[Path, argparse.Namespace], str]
     #: Made only when named or given ``--weights``: it runs a model instead of reading results.
     needs_weights: bool = False
-
-
-def _pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend, imported only when a picture is made."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(figure: Any, path: Path) -> None:

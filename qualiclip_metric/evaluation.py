@@ -176,8 +176,9 @@ class Protocol:
     split_files: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.splits, bool) or not isinstance(self.splits, int) or self.splits < 1:
-            raise ValueError(f"Argument `splits` must be a positive integer, but got {self.splits!r}")
+        from qualiclip_metric.inputs import validate_positive_int
+
+        validate_positive_int(self.splits, "splits")
         if not 0 < self.test_fraction <= 1:
             raise ValueError(f"Argument `test_fraction` must be in (0, 1], but got {self.test_fraction!r}")
         if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 0:

@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -48,11 +48,31 @@ def validate_temperature(value: object) -> float:
     return positive_finite("temperature", value)
 
 
+def validate_positive_int(value: object, name: str, *, optional: bool = False) -> Any:
+    """``value`` checked to be a positive integer (``bool`` and ``float`` refused), or None with ``optional``.
+
+    The one check of counts and sizes given as arguments, so that every one is refused in the same words.
+
+    Raises:
+        ValueError: "Argument `name` must be a positive integer[ or None], but got ...".
+
+    Examples:
+        >>> validate_positive_int(3, "splits")
+        3
+        >>> validate_positive_int(None, "threads", optional=True) is None
+        True
+    """
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        alternative = " or None" if optional else ""
+        raise ValueError(f"Argument `{name}` must be a positive integer{alternative}, but got {value!r}")
+    return value
+
+
 def validate_threads(value: object) -> int | None:
     """A thread count: None (follow ``torch.get_num_threads()``) or a positive integer; 0 is refused."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"Argument `threads` must be a positive integer or None, but got {value!r}")
-    return value
+    return validate_positive_int(value, "threads", optional=True)
 
 
 def validate_max_size(value: object) -> int | None:

@@ -14,19 +14,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from qualiclip_metric.inputs import MIN_IMAGE_SIDE, as_image_batch
+from qualiclip_metric.inputs import MIN_IMAGE_SIDE, as_image_batch, validate_positive_int
 
 if TYPE_CHECKING:
     from qualiclip_metric.model import QualiCLIP
 
 #: Windows per forward pass by default: enough to fill a GPU, and a few hundred MB of activations at 224 px.
 DEFAULT_CHUNK_SIZE = 16
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Argument `{name}` must be a positive integer, but got {value!r}")
-    return value
 
 
 def validate_window(patch: object, stride: object) -> tuple[int, int]:
@@ -38,7 +32,7 @@ def validate_window(patch: object, stride: object) -> tuple[int, int]:
     Raises:
         ValueError: either is not a positive integer, ``patch < MIN_IMAGE_SIDE``, or ``stride > patch``.
     """
-    patch, stride = _positive_int("patch", patch), _positive_int("stride", stride)
+    patch, stride = validate_positive_int(patch, "patch"), validate_positive_int(stride, "stride")
     if patch < MIN_IMAGE_SIDE:
         raise ValueError(
             f"Argument `patch` must be at least {MIN_IMAGE_SIDE} (the network's minimum image side), but got {patch}"
@@ -71,7 +65,7 @@ def window_starts(length: int, patch: int = 224, stride: int = 112) -> list[int]
         >>> window_starts(100, 224, 112)
         [0]
     """
-    length = _positive_int("length", length)
+    length = validate_positive_int(length, "length")
     patch, stride = validate_window(patch, stride)
     if length <= patch:
         return [0]
@@ -134,7 +128,7 @@ def quality_map(
         torch.Size([1, 4, 4])
     """
     patch, stride = validate_window(patch, stride)
-    chunk_size = _positive_int("chunk_size", chunk_size)
+    chunk_size = validate_positive_int(chunk_size, "chunk_size")
     x = as_image_batch(images, data_range=data_range)
     n, _, height, width = x.shape
     rows, cols = window_starts(height, patch, stride), window_starts(width, patch, stride)
