@@ -247,3 +247,39 @@ def test_a_file_given_twice_is_mapped_once_and_the_rest_still_are(pth, tmp_path)
     names = sorted(path.name for path in output.iterdir())
     assert names == ["first.json", "first.npy", "first.png", "second.json", "second.npy", "second.png"]
     assert json.loads((output / "first.json").read_text())["path"] == str(first)  # the first mention kept
+
+
+class OutOfMemoryOn:
+    """A model on a device that runs out of memory mapping one image (as CUDA does), and maps the others."""
+
+    pair_names = ["Good photo./Bad photo."]
+    source = "a model that runs out of memory"
+    device = torch.device("cpu")
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.full((images.shape[0],), 0.5)
+
+    def quality_map(self, images: torch.Tensor, patch: int, stride: int, **options) -> torch.Tensor:
+        if images.shape[-1] == self.width:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return torch.full((images.shape[0], 1, 1), 0.5)
+
+
+def test_an_image_that_runs_out_of_memory_is_a_failed_image_and_the_others_are_mapped(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    import qualiclip_metric.cli.map as map_command
+    from qualiclip_metric.cli import main
+
+    large, small = tmp_path / "large.png", tmp_path / "small.png"
+    Image.fromarray(rgb_array(64, 96, seed=1)).save(large)
+    Image.fromarray(rgb_array(64, 64, seed=2)).save(small)
+    monkeypatch.setattr(map_command, "load_model", lambda args: OutOfMemoryOn(width=96))
+    output = tmp_path / "maps"
+    code = main(["map", str(large), str(small), "--output", str(output), "--patch", "96", "--stride", "96"])
+    stderr = capsys.readouterr().err
+    assert code == 1, stderr
+    assert f"qualiclip: failed: {large}: CUDA out of memory" in stderr and "mapped 1 of 2 images" in stderr
+    assert sorted(path.name for path in output.iterdir()) == ["small.json", "small.npy", "small.png"]

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 class MapFailed(Exception):
-    """One image could not be mapped (it cannot be read, or is too small); the others go on."""
+    """One image could not be mapped (it cannot be read, is too small, or ran out of memory); the others go on."""
 
 
 def map_file(args: argparse.Namespace, model: Any, file: Path, plan: dict[str, Path]) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def map_file(args: argparse.Namespace, model: Any, file: Path, plan: dict[str, P
             score = float(model(image.to(model.device)))
         options = {"per_pair": args.per_pair, "chunk_size": args.chunk_size}
         cells = model.quality_map(image, args.patch, args.stride, **options)[0].cpu()
-    except (ImageLoadError, ValueError) as err:
+    except (ImageLoadError, ValueError, RuntimeError) as err:  # RuntimeError: out of memory on the device
         raise MapFailed(str(err) if str(err).startswith(str(file)) else f"{file}: {err}") from err
     scores = cells.mean(dim=0) if args.per_pair else cells  # the score is the mean of the pair probabilities
     height, width = image.shape[-2:]
