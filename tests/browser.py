@@ -1,7 +1,8 @@
 """A headless Chromium driven through the DevTools protocol, for the report's tests and its benchmark.
 
 Debian's ``chromium`` is started with a temporary profile and ``--remote-debugging-port=0``; the port it
-chose is read from its stderr, and one page target is driven over a websocket (``websocket-client``).
+chose is read from the ``DevToolsActivePort`` file it writes in the profile (its stderr goes to a file), and
+one page target is driven over a websocket (``websocket-client``).
 Console messages, uncaught exceptions and log entries (CSP violations, failed loads) are collected in
 :attr:`Page.errors`.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -165,24 +165,27 @@ class Chromium:
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             arguments.insert(1, "--no-sandbox")  # Chromium's sandbox refuses to run as root
-        self.process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # Chromium's stderr goes to a file, never a pipe: a pipe nobody reads blocks it once 64 KB are written.
+        self.log = Path(tempfile.mkstemp(prefix="qualiclip-chromium-", suffix=".log")[1])
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=log)
         self.port = self._read_port()
 
     def _read_port(self) -> int:
+        """The port Chromium chose, from the ``DevToolsActivePort`` file it writes in its profile."""
         deadline = time.monotonic() + self.timeout
-        seen = []
-        while time.monotonic() < deadline:
-            line = self.process.stderr.readline()
-            if not line:
-                if self.process.poll() is not None:
-                    break
-                continue
-            seen.append(line)
-            match = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
-            if match:
-                return int(match.group(1))
+        active = self.profile / "DevToolsActivePort"
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                first = active.read_text().splitlines()[0]
+            except (OSError, IndexError):  # not written yet, or half written
+                first = ""
+            if first.isdigit():
+                return int(first)
+            time.sleep(0.05)
+        seen = self.log.read_text(errors="replace").splitlines()[-20:]
         self.close()
-        raise RuntimeError("chromium did not start:\n" + "".join(seen[-20:]))
+        raise RuntimeError("chromium did not start:\n" + "\n".join(seen))
 
     def page(self) -> Page:
         """The first page target (``about:blank``)."""
@@ -203,8 +206,7 @@ class Chromium:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process.stderr:
-            self.process.stderr.close()
+        self.log.unlink(missing_ok=True)
         shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self) -> Chromium:
