@@ -507,10 +507,13 @@ class _Scorer:
             del batch
             ready = None
             if output.device.type == "cuda":
-                host = torch.empty(output.shape, dtype=output.dtype, pin_memory=True)
-                host.copy_(output, non_blocking=True)
-                ready = torch.cuda.Event()
-                ready.record()
+                # The copy runs on the model device's stream, which need not be the current device's (a
+                # model on cuda:1, a torchrun rank that never calls set_device): the event goes there too.
+                with torch.cuda.device(output.device):
+                    host = torch.empty(output.shape, dtype=output.dtype, pin_memory=True)
+                    host.copy_(output, non_blocking=True)
+                    ready = torch.cuda.Event()
+                    ready.record(torch.cuda.current_stream(output.device))
                 output = host
         except (RuntimeError, ValueError) as err:  # e.g. out of memory for one huge size
             self.clock("compute", start)
