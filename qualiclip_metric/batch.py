@@ -563,7 +563,8 @@ class _Scorer:
 def _bucket_and_score(
     items: Iterable[_Item], scorer: _Scorer, batch_size: int, limit: int, stats: PipelineStats | None
 ) -> Iterator[FileScore]:
-    """Stage 3, then 4: same-size buckets, scored when full or when too many images wait; input order out."""
+    """Stage 3, then 4: same-size buckets, scored when full, when too many images wait or when the oldest
+    waiting image is more than ``limit`` inputs behind the newest; input order out."""
     done: dict[int, FileScore] = {}
     buckets: dict[tuple, list[_Item]] = {}
     buffered = 0
@@ -594,8 +595,13 @@ def _bucket_and_score(
             buffered += 1
             if len(buckets[key]) >= batch_size:
                 run(key)
-            while buffered > limit:  # flush the bucket holding the oldest waiting image
-                run(min(buckets, key=lambda k: buckets[k][0].index))
+        # Flush the bucket holding the oldest waiting image when too many images wait, or when it waits
+        # too long: results leave in input order, so one odd size would otherwise hold back all the others.
+        while buckets:
+            oldest = min(buckets, key=lambda k: buckets[k][0].index)
+            if buffered <= limit and item.index - buckets[oldest][0].index <= limit:
+                break
+            run(oldest)
         for result in scorer.collect(wait=False):
             done[result.index] = result
         yield from ready()
@@ -666,7 +672,7 @@ def score_files(
         max_pixels: refuse images with more pixels (a decompression-bomb guard; None disables it).
         per_pair: also return each antonym pair's probability (:attr:`FileScore.pairs`).
         buffer_batches: at most about ``buffer_batches * batch_size`` decoded images wait for their
-            batch to fill.
+            batch to fill, and none waits while more than that many later inputs are read.
         decode: where JPEGs are decoded: ``"cpu"`` (Pillow, in the readers), ``"cuda"`` (nvJPEG, in
             batches, for the JPEGs :func:`gpu_jpeg_frame` accepts; others by Pillow), or ``"auto"``
             (see :func:`resolve_decode`).

@@ -210,6 +210,26 @@ def test_buckets_are_bounded_and_results_keep_input_order(
     assert max(abs(r.score - e) for r, e in zip(results, sized_scores, strict=True)) < 1e-5
 
 
+def test_an_odd_size_does_not_hold_back_later_results(model, tmp_path):
+    """One 50 x 60 image first, then twelve 40 x 40 (batch 2, room for 8): the first results come while
+    inputs are still being read. The last file is written only once the first result is back, so it
+    is missing (a failed result) if the odd image waits for the end."""
+    paths = [tmp_path / f"{index:02d}.png" for index in range(13)]
+    Image.fromarray(rgb_array(50, 60, seed=0)).save(paths[0])
+    for index, path in enumerate(paths[1:-1], 1):
+        Image.fromarray(rgb_array(40, 40, seed=index)).save(path)
+    results = []
+    for result in score_files(paths, model, batch_size=2, buffer_batches=4):
+        if not results:
+            Image.fromarray(rgb_array(40, 40, seed=12)).save(paths[-1])
+        results.append(result)
+    assert [r.path for r in results] == [str(p) for p in paths]
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    with torch.no_grad():
+        expected = [model(load_image(p)[None]).item() for p in paths]
+    assert max(abs(r.score - e) for r, e in zip(results, expected, strict=True)) < 1e-5
+
+
 def test_decode_settings(model):
     assert resolve_decode("auto", model) == "cpu" and resolve_decode("cpu", model) == "cpu"
     with pytest.raises(ValueError, match="Argument `decode` must be one of"):
