@@ -1,13 +1,14 @@
 """Writing per-image results as CSV, JSON lines or one JSON document without ever losing a file, and reading
 them back to continue a run.
 
-CSV and JSON lines go row by row to a journal beside the target, ``.NAME.journal.partial``, flushed after every
-row, so a run stopped at any moment (even by ``kill -9``) leaves whole rows there; the journal becomes the target
-only when the run is complete, so an existing result survives a failed or interrupted run. A JSON document is
-staged in a temporary file and written at the end. :func:`plan_resume` reads what an output and its leftovers
-hold (a last line cut short is dropped) and :func:`write_scores` with ``resume=`` continues it. Every value
-written is valid in its format: JSON never holds NaN, and CSV text cells that a spreadsheet would run as a
-formula are quoted.
+CSV and JSON lines go row by row to a journal beside the target, flushed after every row, so a run stopped at any
+moment (even by ``kill -9``) leaves whole rows there: ``.NAME.journal.partial``, or ``NAME.partial`` for a run that
+replaces an existing ``NAME``. The journal becomes the target only when the run is complete, so an existing result
+survives a failed or interrupted run, and a resumed run never takes rows from a file that was being replaced.
+A JSON document is staged in a temporary file and written at the end. :func:`plan_resume` reads what an output
+and its leftovers hold (a last line cut short is dropped) and :func:`write_scores` with ``resume=`` continues it.
+Every value written is valid in its format: JSON never holds NaN, and CSV text cells that a spreadsheet would
+run as a formula are quoted.
 """
 
 from __future__ import annotations
@@ -44,12 +45,15 @@ class ScoreFileError(ValueError):
 
 
 def partial_path(path: Path) -> Path:
-    """Where an interrupted run keeps its rows when ``path`` existed before it: ``path.partial``."""
+    """The journal of a run that replaces an existing ``path`` (CSV, JSON lines), and where an interrupted JSON
+    run keeps its document when ``path`` existed: ``path.partial``. Its presence says that ``path`` is being
+    replaced, so a resumed run does not keep ``path``'s rows."""
     return path.with_name(path.name + ".partial")
 
 
 def journal_path(path: Path) -> Path:
-    """The file a run appends its rows to while it runs: ``.NAME.journal.partial`` beside ``path``."""
+    """The file a run appends its rows to while it runs when ``path`` did not exist (or the run continues it):
+    ``.NAME.journal.partial`` beside ``path``."""
     return path.with_name(f".{path.name}.journal.partial")
 
 
@@ -71,8 +75,9 @@ def check_output(path: Path, *, resume: bool = False) -> None:
     if suffix not in RESUMABLE_FORMATS:
         return
     journal = journal_path(path)
-    if _is_locked(journal):
-        raise OutputError(f"{path}: another run is writing it now ({journal} is locked)")
+    for leftover in (partial_path(path), journal):
+        if _is_locked(leftover):
+            raise OutputError(f"{path}: another run is writing it now ({leftover} is locked)")
     if not resume:
         for leftover in (partial_path(path), journal):
             if leftover.exists():
@@ -237,14 +242,17 @@ class _Rows:
 
 
 class _Journal:
-    """``.NAME.journal.partial``: rows appended, flushed one by one and synced every few seconds; locked while written.
+    """Rows appended, flushed one by one and synced every few seconds; locked while written.
 
-    A fresh run creates it and refuses one that exists; a resumed run appends after its last whole row (a row
-    cut short by a kill is removed first).
+    ``NAME.partial`` when it ``replaces`` an existing output (a fresh run over an existing file, or a resumed run
+    that continues such a run), else ``.NAME.journal.partial``. A fresh run creates it and refuses one that
+    exists; a resumed run appends after its last whole row (a row cut short by a kill is removed first).
     """
 
     def __init__(self, output: Path, format: str, resume: bool) -> None:
-        self.output, self.path = output, journal_path(output)
+        partial = partial_path(output)
+        self.replaces = partial.exists() if resume else output.exists()
+        self.output, self.path = output, partial if self.replaces else journal_path(output)
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | (0 if resume else os.O_EXCL)
         try:
             handle = os.open(self.path, flags, 0o666)
@@ -363,10 +371,14 @@ class ScoreWriter:
     def interrupt(self) -> Path | None:
         """Keep the rows written so far: at ``path`` if nothing was there, else beside it as ``path.partial``.
 
-        A resumed run puts them into ``path`` with what it already held, which a later resume continues.
+        A resumed run puts them into ``path`` with what it already held, which a later resume continues; one
+        that continues the replacement of ``path`` keeps them in ``path.partial``, and ``path`` as it was.
         """
         if self.path is None or self._done is not None:  # Ctrl-C after the output was complete
             return self._done
+        if self._journal is not None and self._journal.replaces:
+            self._journal.close()  # flushed row by row: the rows stay where they are
+            return self._journal.path
         if self.resume is not None:
             return self._rewrite()
         self._guard(self._rows.finish)
@@ -405,7 +417,7 @@ class ScoreWriter:
                 for row in stored.ordered(self.resume):
                     rows.write(row)
             partial_path(self.path).unlink(missing_ok=True)
-            self._journal.path.unlink(missing_ok=True)
+            journal_path(self.path).unlink(missing_ok=True)
         except OSError as err:
             raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from err
         finally:
@@ -520,8 +532,9 @@ def is_scored(row: dict[str, Any]) -> bool:
 class StoredScores:
     """What an output holds with its leftovers: one row per path cell, in the order the paths first appear.
 
-    Read from ``FILE``, then ``FILE.partial``, then the journal; for a path in several rows, the last scored
-    row wins, and a failed row replaces only another failed one.
+    Read from ``FILE`` (unless ``FILE.partial`` is there: a run was replacing it), then ``FILE.partial``, then
+    the journal; for a path in several rows, the last scored row wins, and a failed row replaces only another
+    failed one.
     """
 
     format: str
@@ -583,12 +596,16 @@ class StoredScores:
 def read_stored_scores(path: Path) -> StoredScores:
     """The rows ``path``, ``path.partial`` and the journal hold (those that exist); reads, never writes.
 
+    ``path`` is not read when ``path.partial`` exists: a run that replaces ``path`` left it, and the rows it did
+    not get to must be scored again, not taken from the file it replaces.
+
     Raises:
         ScoreFileError: a file is no score file, the files have different columns, or a row is damaged.
         OutputError: a file exists but cannot be read.
     """
     stored = StoredScores(path.suffix.lower())
-    for source in (path, partial_path(path), journal_path(path)):
+    replaced = partial_path(path).exists()
+    for source in (path, partial_path(path), journal_path(path))[replaced:]:
         try:
             data = source.read_bytes()
         except FileNotFoundError:

@@ -12,14 +12,16 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 from test_cli import qualiclip_command
 
-from qualiclip_metric.score_writer import ScoreFileError, plan_resume
+from qualiclip_metric.score_writer import ScoreFileError, ScoringInterrupted, plan_resume, write_scores
 
 COUNT = 40
 MISSING_WEIGHTS = "/nonexistent/weights.pth"  # exit code 3 if anything tried to load them
@@ -257,3 +259,55 @@ def test_rows_cut_short_are_dropped_and_damaged_files_refused(tmp_path):
     with pytest.raises(ScoreFileError, match=r"has per-pair columns \(Sharp./Blurry.\): continue it with --per-pair"):
         plan_resume(pairs, inputs)
     assert plan_resume(pairs, inputs, per_pair=True).kept == 1
+
+
+def _result(path: str, score: float) -> SimpleNamespace:
+    return SimpleNamespace(path=path, score=score, width=64, height=64, error=None, pairs=None)
+
+
+def _stopped_after(count: int, results):
+    """The results, then Ctrl-C after ``count`` of them."""
+    for index, result in enumerate(results):
+        if index == count:
+            raise KeyboardInterrupt
+        yield result
+
+
+@pytest.mark.parametrize("stop", ["kill", "ctrl-c"])
+def test_resume_after_a_stopped_run_that_replaced_a_file_does_not_keep_the_old_rows(tmp_path, stop):
+    """A run without --resume over an existing file replaces it; stopped after 2 rows (by kill -9 or Ctrl-C),
+    --resume must score the 11 others again rather than keep the old file's rows, which the user replaced."""
+    output = tmp_path / "out.csv"
+    inputs = [f"im_{index:02d}.png" for index in range(13)]
+    old = "path,score,width,height,error\n" + "".join(f"{path},9.0,64,64,\n" for path in inputs)
+    output.write_text(old, encoding="utf-8")
+    if stop == "kill":
+        script = (
+            "import os, signal, sys\nfrom pathlib import Path\n"
+            "from qualiclip_metric.score_writer import ScoreWriter\n"
+            "writer = ScoreWriter(Path(sys.argv[1]), ['path', 'score', 'width', 'height', 'error'])\n"
+            "for path in sys.argv[2:4]:\n"
+            "    writer.write({'path': path, 'score': 0.5, 'width': 64, 'height': 64, 'error': None})\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n"
+        )
+        process = subprocess.run([sys.executable, "-c", script, str(output), *inputs], env=ENV, capture_output=True)
+        assert process.returncode == -signal.SIGKILL, process.stderr
+    else:
+        with pytest.raises(ScoringInterrupted) as stopped:
+            write_scores(_stopped_after(2, (_result(path, 0.5) for path in inputs)), output)
+        assert stopped.value.count == 2
+    assert output.read_text(encoding="utf-8") == old  # the old file stays until the replacing run is complete
+
+    plan = plan_resume(output, inputs)
+    assert (plan.kept, plan.todo) == (2, inputs[2:])
+    # A resumed run stopped again keeps the old file too; its rows join the replacing run's.
+    with pytest.raises(ScoringInterrupted):
+        write_scores(_stopped_after(3, (_result(path, 0.25) for path in plan.todo)), output, resume=inputs)
+    assert output.read_text(encoding="utf-8") == old
+    plan = plan_resume(output, inputs)
+    assert (plan.kept, plan.todo) == (5, inputs[5:])
+    write_scores((_result(path, 0.125) for path in plan.todo), output, resume=inputs)
+    rows = read_rows(output)
+    assert [row["path"] for row in rows] == inputs
+    assert [float(row["score"]) for row in rows] == [0.5] * 2 + [0.25] * 3 + [0.125] * 8
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.csv"]
