@@ -13,6 +13,7 @@ run as a formula are quoted.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -183,9 +184,15 @@ class _Staged:
         return target
 
     def discard(self) -> None:
-        if not self.stream.closed:
-            self.stream.close()
+        _close(self.stream)
         self.temporary.unlink(missing_ok=True)
+
+
+def _close(stream: IO[str]) -> None:
+    """Close ``stream`` after a failure too: on a full disk closing flushes the buffer again and fails again."""
+    if not stream.closed:
+        with contextlib.suppress(OSError):
+            stream.close()
 
 
 def _lock(handle: int) -> bool:
@@ -301,8 +308,7 @@ class _Journal:
         return target
 
     def close(self) -> None:
-        if not self.stream.closed:
-            self.stream.close()
+        _close(self.stream)
 
     def discard(self) -> None:
         self.close()
@@ -328,6 +334,7 @@ class ScoreWriter:
             raise ValueError("Argument `resume` needs a .csv or .jsonl output file")
         self.resume = list(resume) if resume is not None else None
         self.count = 0
+        self.written = 0  #: rows written whole (``count`` also counts one whose write failed)
         self._done: Path | None = None  # where the complete output went
         self._staged: _Staged | None = None
         self._journal: _Journal | None = None
@@ -351,12 +358,14 @@ class ScoreWriter:
             else:
                 self.stream.flush()
         except OSError as err:  # a full disk, say
-            self.discard()
-            raise OutputError(f"{self.path or 'standard output'}: cannot write: {err.strerror or err}") from err
+            kept = self.discard()
+            where = f"; the {self.written} rows written stay in {kept} (--resume continues)" if kept else ""
+            raise OutputError(f"{self.path or 'standard output'}: cannot write: {err.strerror or err}{where}") from err
 
     def write(self, row: dict[str, Any]) -> None:
         self.count += 1
         self._guard(self._rows.write, row)
+        self.written += 1
 
     def close(self) -> None:
         """Complete the output and put it in place (replacing an older file of that name)."""
@@ -387,15 +396,21 @@ class ScoreWriter:
             return self._journal.commit(target)
         return self._staged.commit(target)
 
-    def discard(self) -> None:
-        """Remove what this run wrote: a journal it created or its staged file (a resumed journal is kept)."""
+    def discard(self) -> Path | None:
+        """Stop after a write error: remove the staged file, and a journal this run created without rows in it.
+
+        A journal that holds rows stays, as after a kill, so that ``--resume`` continues once the disk has room
+        (a resumed run's journal always stays); returns it then.
+        """
         if self._staged is not None:
             self._staged.discard()
-        if self._journal is not None:
-            if self.resume is None:
-                self._journal.discard()
-            else:
-                self._journal.close()
+        if self._journal is None:
+            return None
+        if self.resume is None and self.written == 0:
+            self._journal.discard()
+            return None
+        self._journal.close()
+        return self._journal.path
 
     def abandon(self) -> None:
         """Stop writing after an unexpected error; the journal stays, as after a kill, for a resumed run."""

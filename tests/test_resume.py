@@ -311,3 +311,29 @@ def test_resume_after_a_stopped_run_that_replaced_a_file_does_not_keep_the_old_r
     assert [row["path"] for row in rows] == inputs
     assert [float(row["score"]) for row in rows] == [0.5] * 2 + [0.25] * 3 + [0.125] * 8
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.csv"]
+
+
+def _small_files_only() -> None:
+    """In the child: files may not grow past 300 bytes, and writing more fails (EFBIG) instead of killing it."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))
+
+
+def test_a_full_disk_stops_with_one_line_and_resume_continues(work, official_pth, reference):
+    output, journal = work / "full.csv", work / ".full.csv.journal.partial"
+    args = command(work, official_pth, "images/im_00*.png", "--output", output.name, "--quiet")
+    process = subprocess.run(args, cwd=work, env=ENV, capture_output=True, text=True, preexec_fn=_small_files_only)
+    assert process.returncode == 2, process.stderr
+    assert process.stderr.count("\n") == 1 and "Traceback" not in process.stderr, process.stderr
+    assert "cannot write: File too large; the " in process.stderr
+    assert f"rows written stay in {journal.name} (--resume continues)" in process.stderr
+    assert not output.exists() and journal.exists()
+    result = run(work, [*args, "--resume"])
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(output)
+    expected = [f"images/im_{index:03d}.png" for index in range(10)]
+    assert [row["path"] for row in rows] == expected
+    assert all(abs(score_of(row) - reference[row["path"]]) <= 1e-6 for row in rows)
+    assert not journal.exists()
