@@ -195,10 +195,12 @@ def _close(stream: IO[str]) -> None:
             stream.close()
 
 
-def _lock(handle: int) -> bool:
+def _lock(handle: int, path: Path | None = None) -> bool:
     """Take the journal's lock (``flock``, held until the file is closed); False when another process holds it.
 
-    Where ``fcntl`` is missing (Windows) nothing is locked and two runs on one output are not detected.
+    Where ``fcntl`` is missing (Windows) nothing is locked and two runs on one output are not detected; where
+    the file system refuses locks (``ENOLCK`` on an NFS mount without a lock daemon, ``EOPNOTSUPP``) the run
+    goes on unlocked, and with ``path`` one line on stderr says so.
     """
     try:
         import fcntl
@@ -208,12 +210,19 @@ def _lock(handle: int) -> bool:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except OSError as err:
+        if path is not None:
+            print(
+                f"qualiclip: warning: cannot lock {path} ({err.strerror or err}): "
+                "a second run on this output would not be refused",
+                file=sys.stderr,
+            )
     return True
 
 
 def _is_locked(path: Path) -> bool:
-    try:
-        handle = os.open(path, os.O_RDONLY)
+    try:  # for writing: NFS emulates flock with byte-range locks, which need a descriptor open for writing
+        handle = os.open(path, os.O_RDWR)
     except OSError:
         return False
     try:
@@ -271,7 +280,7 @@ class _Journal:
         except OSError as err:
             raise OutputError(f"{output}: cannot write {self.path}: {err.strerror or err}") from err
         try:
-            if not _lock(handle):
+            if not _lock(handle, self.path):
                 raise OutputError(f"{output}: another run is writing it now ({self.path} is locked)")
             if resume:  # read under the lock: no other run appends now
                 data = self.path.read_bytes()

@@ -21,7 +21,13 @@ import pytest
 from PIL import Image
 from test_cli import qualiclip_command
 
-from qualiclip_metric.score_writer import ScoreFileError, ScoringInterrupted, plan_resume, write_scores
+from qualiclip_metric.score_writer import (
+    ScoreFileError,
+    ScoringInterrupted,
+    check_output,
+    plan_resume,
+    write_scores,
+)
 
 COUNT = 40
 MISSING_WEIGHTS = "/nonexistent/weights.pth"  # exit code 3 if anything tried to load them
@@ -337,3 +343,20 @@ def test_a_full_disk_stops_with_one_line_and_resume_continues(work, official_pth
     assert [row["path"] for row in rows] == expected
     assert all(abs(score_of(row) - reference[row["path"]]) <= 1e-6 for row in rows)
     assert not journal.exists()
+
+
+def test_a_file_system_without_locks_gives_a_warning_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    """flock fails with ENOLCK on an NFS mount without a lock daemon: the rows are still written."""
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    output = tmp_path / "out.jsonl"
+    check_output(output)
+    write_scores([_result("a.png", 0.5)], output)
+    assert [row["path"] for row in read_rows(output)] == ["a.png"]
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and "qualiclip: warning: cannot lock" in warning and "No locks available" in warning
