@@ -273,6 +273,8 @@ class _Journal:
         try:
             handle = os.open(self.path, flags, 0o666)
         except FileExistsError:
+            if _is_locked(self.path):  # created since check_output by a run that is still writing it
+                raise OutputError(f"{output}: another run is writing it now ({self.path} is locked)") from None
             raise OutputError(
                 f"{self.path} holds the rows of an interrupted run: continue it with --resume, "
                 "or delete that file to start over"

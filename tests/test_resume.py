@@ -22,7 +22,9 @@ from PIL import Image
 from test_cli import qualiclip_command
 
 from qualiclip_metric.score_writer import (
+    OutputError,
     ScoreFileError,
+    ScoreWriter,
     ScoringInterrupted,
     check_output,
     plan_resume,
@@ -360,3 +362,18 @@ def test_a_file_system_without_locks_gives_a_warning_and_the_run_goes_on(tmp_pat
     assert [row["path"] for row in read_rows(output)] == ["a.png"]
     warning = capsys.readouterr().err
     assert warning.count("\n") == 1 and "qualiclip: warning: cannot lock" in warning and "No locks available" in warning
+
+
+def test_a_journal_created_by_a_running_run_is_not_called_interrupted(tmp_path):
+    """Another run may create the journal between the check and the writer: deleting it would lose its work."""
+    import fcntl
+
+    output = tmp_path / "out.csv"
+    journal = tmp_path / ".out.csv.journal.partial"
+    with open(journal, "w") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # what the other run holds while it writes
+        with pytest.raises(OutputError, match="another run is writing it now") as refused:
+            ScoreWriter(output, ["path", "score", "width", "height", "error"])
+    assert "delete" not in str(refused.value)
+    with pytest.raises(OutputError, match="holds the rows of an interrupted run"):  # once that run is gone
+        ScoreWriter(output, ["path", "score", "width", "height", "error"])
