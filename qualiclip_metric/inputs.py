@@ -298,9 +298,10 @@ def collect_image_files(
     Each entry, and each path listed in ``files_from`` (after ``paths``), is taken as a shell would hand it
     over: a file named is kept as is, whatever its extension, and also when it does not exist (scoring it
     reports the error); a folder gives its image files (by extension, sorted; ``recursive`` descends into
-    sub-folders); a name that does not exist but holds ``*``, ``?`` or ``[`` is a pattern, expanded with
-    :func:`glob.glob` (``**`` matches any depth of folders, hidden names are left out) and its sorted matches
-    are taken the same way.
+    sub-folders). An entry of ``paths`` that does not exist but holds ``*``, ``?`` or ``[`` is a pattern,
+    expanded with :func:`glob.glob` (``**`` matches any depth of folders, hidden names are left out) and its
+    sorted matches are taken the same way; the lines of ``files_from`` are literal paths, never patterns (a
+    list names real files, and a missing ``a/00[12].png`` there must not score ``a/001.png``).
 
     Args:
         paths: files, folders and patterns.
@@ -315,9 +316,8 @@ def collect_image_files(
         >>> collect_image_files(["photos/**/*.jpg", "extra.png"])  # doctest: +SKIP
         [PosixPath('photos/a.jpg'), PosixPath('photos/trip/b.jpg'), PosixPath('extra.png')]
     """
-    entries = [*map(str, paths), *(read_path_list(files_from) if files_from is not None else [])]
     files: list[Path] = []
-    for entry in entries:
+    for entry in map(str, paths):
         path = Path(entry)
         if not path.exists() and any(character in entry for character in GLOB_CHARACTERS):
             matches = sorted(glob.glob(entry, recursive=True))
@@ -326,6 +326,8 @@ def collect_image_files(
             files.extend(found for match in matches for found in _expand(Path(match), recursive))
         else:
             files.extend(_expand(path, recursive))
+    for entry in read_path_list(files_from) if files_from is not None else []:
+        files.extend(_expand(Path(entry), recursive))
     return files
 
 

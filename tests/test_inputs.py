@@ -167,3 +167,14 @@ def test_collect_image_files(files, tmp_path):
     assert collect_image_files([tmp_path]) == [tmp_path / "top.JPG"]
     assert collect_image_files([tmp_path], recursive=True) == [nested / "deep.png", tmp_path / "top.JPG"]
     assert collect_image_files([tmp_path / "notes.txt"]) == [tmp_path / "notes.txt"]  # named files are kept
+
+
+def test_listed_paths_are_literal_not_patterns(files, tmp_path):
+    """A list's lines name files: a missing one with ``[`` in its name is a failed row, not a stop, and does
+    not score the files its pattern would match."""
+    for name in ("001.png", "002.png"):
+        (tmp_path / name).write_bytes(files["rgb.png"].read_bytes())
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{tmp_path}/00[12].png\n{tmp_path}/gone[1].png\n", encoding="utf-8")
+    assert collect_image_files([], files_from=listing) == [tmp_path / "00[12].png", tmp_path / "gone[1].png"]
+    assert collect_image_files([f"{tmp_path}/00[12].png"]) == [tmp_path / "001.png", tmp_path / "002.png"]
