@@ -284,11 +284,13 @@ class _Journal:
         try:
             if not _lock(handle, self.path):
                 raise OutputError(f"{output}: another run is writing it now ({self.path} is locked)")
+            self.columns: list[str] | None = None  #: the header already there (CSV), which appended rows follow
             if resume:  # read under the lock: no other run appends now
                 data = self.path.read_bytes()
-                end = _whole_rows_end(data, self.path, format)
+                columns, _, end = _read_rows(data, self.path, format)
                 if end < len(data):
                     os.ftruncate(handle, end)
+                self.columns = columns if format == ".csv" and end else None
         except BaseException:
             os.close(handle)
             raise
@@ -354,6 +356,15 @@ class ScoreWriter:
         elif self.format in RESUMABLE_FORMATS:
             self._journal = _Journal(path, self.format, resume=self.resume is not None)
             self.stream = self._journal.stream
+            found = self._journal.columns
+            if found is not None:  # rows appended under an earlier run's header go in its column order
+                if sorted(found) != sorted(columns):
+                    self._journal.close()
+                    raise ScoreFileError(
+                        f"{self._journal.path} has other columns ({', '.join(found)}) than this run "
+                        f"({', '.join(columns)})"
+                    )
+                columns = found
         else:
             self._staged = _Staged(path)
             self.stream = self._staged.stream
@@ -535,10 +546,6 @@ def _read_jsonl(data: bytes, source: Path) -> tuple[list[str] | None, list[dict[
 
 def _read_rows(data: bytes, source: Path, format: str) -> tuple[list[str] | None, list[dict[str, Any]], int]:
     return _read_csv(data, source) if format == ".csv" else _read_jsonl(data, source)
-
-
-def _whole_rows_end(data: bytes, source: Path, format: str) -> int:
-    return _read_rows(data, source, format)[2]
 
 
 def is_scored(row: dict[str, Any]) -> bool:

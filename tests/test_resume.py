@@ -377,3 +377,18 @@ def test_a_journal_created_by_a_running_run_is_not_called_interrupted(tmp_path):
     assert "delete" not in str(refused.value)
     with pytest.raises(OutputError, match="holds the rows of an interrupted run"):  # once that run is gone
         ScoreWriter(output, ["path", "score", "width", "height", "error"])
+
+
+def test_rows_appended_to_a_csv_journal_follow_its_header_order(tmp_path):
+    """A killed run wrote its header with the pairs in another order: this run's rows must follow that header."""
+    output = tmp_path / "out.csv"
+    journal = tmp_path / ".out.csv.journal.partial"
+    journal.write_text("path,score,width,height,B,A,error\na.png,0.5,64,64,0.75,0.25,\n", encoding="utf-8")
+    inputs = ["a.png", "b.png"]
+    plan = plan_resume(output, inputs, per_pair=True)
+    assert plan.todo == ["b.png"]
+    second = SimpleNamespace(path="b.png", score=0.5, width=64, height=64, error=None, pairs={"A": 0.125, "B": 0.875})
+    write_scores([second], output, pair_names=["A", "B"], resume=inputs)
+    rows = {row["path"]: row for row in read_rows(output)}
+    assert (rows["a.png"]["A"], rows["a.png"]["B"]) == ("0.25", "0.75")
+    assert (rows["b.png"]["A"], rows["b.png"]["B"]) == ("0.125", "0.875")
