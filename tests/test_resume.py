@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import make_images
 from PIL import Image
 from test_cli import qualiclip_command
 
@@ -392,3 +393,36 @@ def test_rows_appended_to_a_csv_journal_follow_its_header_order(tmp_path):
     rows = {row["path"]: row for row in read_rows(output)}
     assert (rows["a.png"]["A"], rows["a.png"]["B"]) == ("0.25", "0.75")
     assert (rows["b.png"]["A"], rows["b.png"]["B"]) == ("0.125", "0.875")
+
+
+def test_a_baselines_scoring_command_counts_kept_files_once_and_stops_with_one_line(tmp_path, capsys):
+    """training/score_files.py: an input named twice is kept once; an output damaged during the run is exit 2."""
+    from training.score_files import run_score_command, score_parser
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, image in enumerate(make_images(2, 40, 40, seed=5)):
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(images / f"{index}.png")
+    a, b = str(images / "0.png"), str(images / "1.png")
+    output = tmp_path / "out.csv"
+    parser = score_parser("baseline", "a test scorer")
+
+    def mean(args):
+        return lambda image: float(image.mean())
+
+    assert run_score_command("baseline", parser, mean, [a, "--output", str(output)]) == 0
+    assert run_score_command("baseline", parser, mean, [a, b, a, "--output", str(output), "--resume"]) == 0
+    assert "resuming " + str(output) + ": 1 kept, 1 to score" in capsys.readouterr().err
+
+    def damaging(args):  # another program writes over the output while the run scores
+        def score(image):
+            output.write_text("path,score\nc.png\n", encoding="utf-8")
+            return float(image.mean())
+
+        return score
+
+    (images / "2.png").write_bytes((images / "0.png").read_bytes())
+    argv = [a, str(images / "2.png"), "--output", str(output), "--resume"]
+    code = run_score_command("baseline", parser, damaging, argv)
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 2 and "nothing was replaced" in err[-1], err

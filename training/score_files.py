@@ -23,6 +23,7 @@ from qualiclip_metric.errors import ImageLoadError
 from qualiclip_metric.inputs import collect_image_files, load_image
 from qualiclip_metric.score_writer import (
     OutputError,
+    ScoreFileError,
     ScoringInterrupted,
     check_output,
     plan_resume,
@@ -72,7 +73,8 @@ def run_score_command(
         if args.output is not None:
             check_output(args.output, resume=args.resume)
         files = collect_image_files(args.paths, recursive=args.recursive)
-        todo = plan_resume(args.output, files).todo if args.resume and files else files
+        plan = plan_resume(args.output, files) if args.resume and files else None
+        todo = plan.todo if plan is not None else files
     except (OutputError, ValueError) as err:  # a score file --resume cannot continue is a ValueError
         print(f"{name}: {err}", file=sys.stderr)
         return 2
@@ -80,7 +82,8 @@ def run_score_command(
         print(f"{name}: no image files found in " + ", ".join(args.paths), file=sys.stderr)
         return 2
     if args.resume:
-        print(f"{name}: resuming {args.output}: {len(files) - len(todo)} kept, {len(todo)} to score", file=sys.stderr)
+        kept = plan.kept if plan is not None else 0  # not len(files) - len(todo): a file listed twice is scored once
+        print(f"{name}: resuming {args.output}: {kept} kept, {len(todo)} to score", file=sys.stderr)
     try:
         score_image = load(args)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
@@ -88,7 +91,7 @@ def run_score_command(
         return 3
     try:
         summary = write_scores(score_paths(todo, score_image), args.output, resume=files if args.resume else None)
-    except OutputError as err:
+    except (OutputError, ScoreFileError) as err:  # ScoreFileError: the output changed during the run
         print(f"{name}: {err}; nothing was replaced", file=sys.stderr)
         return 2
     except ScoringInterrupted as stop:
