@@ -31,6 +31,10 @@ IMAGE_COLUMN, BYTES_COLUMN, PATH_COLUMN = "image", "bytes", "path"
 SCORE_COLUMN, WIDTH_COLUMN, HEIGHT_COLUMN, ERROR_COLUMN = "score", "width", "height", "error"
 
 
+class ClusterResultError(RuntimeError):
+    """The cluster returned a file twice, one that was not asked for, or none for a file (a lost block)."""
+
+
 def _check_options(batch_size: int | None, max_size: int | None, max_pixels: int | None) -> None:
     """Refuse bad options where they are given, before Ray starts an actor with them."""
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
@@ -325,7 +329,7 @@ def score_files_with_ray(
 
     Raises:
         ValueError: an option that cannot apply, before any work on the cluster.
-        RuntimeError: the cluster returned a file twice or lost one.
+        ClusterResultError: (a RuntimeError) the cluster returned a file twice or lost one.
 
     Examples:
         >>> from qualiclip_metric.ray import score_files_with_ray
@@ -424,10 +428,12 @@ def _in_order(results: Iterable[FileScore], total: int) -> Iterator[FileScore]:
     next_index = 0
     for result in results:
         if result.index < next_index or result.index in waiting or not 0 <= result.index < total:
-            raise RuntimeError(f"the cluster returned file number {result.index} ({result.path}) twice or unasked")
+            raise ClusterResultError(
+                f"the cluster returned file number {result.index} ({result.path}) twice or unasked"
+            )
         waiting[result.index] = result
         while next_index in waiting:
             yield waiting.pop(next_index)
             next_index += 1
     if next_index != total:
-        raise RuntimeError(f"the cluster returned no result for file number {next_index} of {total}")
+        raise ClusterResultError(f"the cluster returned no result for file number {next_index} of {total}")

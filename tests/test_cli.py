@@ -231,3 +231,18 @@ def test_fast_scores_agree_with_the_library(folder, official_pth, model, tmp_pat
         with torch.no_grad():
             expected = model(load_image(folder / name)[None]).item()
         assert abs(float(rows[name]["score"]) - expected) < tolerance, (name, rows[name]["score"], expected)
+
+
+def test_a_file_the_cluster_loses_or_returns_twice_stops_with_one_line_and_exit_2():
+    """--ray: the results come back in input order; a file returned twice or never is the cluster's error."""
+    pytest.importorskip("ray")
+    from qualiclip_metric.batch import FileScore
+    from qualiclip_metric.cli.common import CommandError
+    from qualiclip_metric.cli.score import _cluster_errors_stop
+    from qualiclip_metric.ray import _in_order
+
+    first = FileScore(0, "a.png", 0.5, 64, 64)
+    for results, message in (([first, first], "twice or unasked"), ([first], "no result for file number 1 of 2")):
+        with pytest.raises(CommandError, match=message) as stop:
+            list(_cluster_errors_stop(_in_order(iter(results), 2), "auto"))
+        assert stop.value.code == 2 and "\n" not in stop.value.message

@@ -285,12 +285,15 @@ def _ray_data_console_errors_only() -> None:
 
 
 def _cluster_errors_stop(results: Iterator[Any], address: str) -> Iterator[Any]:
-    """An error of the cluster (an actor that cannot load the weights, a lost node) ends the run with one line."""
+    """An error of the cluster (an actor that cannot load the weights, a lost node, a file lost or returned
+    twice) ends the run with one line."""
     from ray.exceptions import RayError
+
+    from qualiclip_metric.ray import ClusterResultError
 
     try:
         yield from results
-    except RayError as err:
+    except (RayError, ClusterResultError) as err:
         lines = [line for line in str(err).splitlines() if line.strip()]
         reason = lines[-1] if lines else type(err).__name__
         raise CommandError(f"--ray {address}: the cluster failed: {reason}") from err
