@@ -2,11 +2,13 @@
 
 Every result is compared with :func:`qualiclip_metric.batch.score_files` on the same files, the scorer of
 ``qualiclip score``. Tests that only call the predictor run it in this process; those that need Ray's own
-readers, actors or ordering share one cluster, started once for the module.
+readers, actors or ordering share one cluster, started once for the module by a process of its own and
+joined by one driver process (``ray_processes.py``), so that no Ray driver ever lives in the test process.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 from images import rgb_array, write_odd_images
 from PIL import Image
+from ray_processes import SAME_PIXELS, ordered_names
 
 from qualiclip_metric.batch import score_files
 
@@ -29,32 +32,40 @@ from qualiclip_metric.ray import QualiCLIPPredictor, score_files_with_ray  # noq
 #: Ray Data's own configuration reads its deprecated settings when a dataset first runs.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
 TOLERANCE = 1e-6
-#: Files that ray.data.read_images(mode="RGB") decodes to the pixels load_image decodes (no EXIF, 8 bits).
-SAME_PIXELS = ["cmyk.jpg", "gray.png", "palette.png", "photo.jpg", "rgb.png", "rgba.png", "small.png"]
-#: No usage report to Ray's servers, from this process or the command-line test's (which inherits it).
-QUIET = {"RAY_USAGE_STATS_ENABLED": "0"}
+#: The head and the driver of the cluster tests: processes of their own (see that file for why).
+PROCESSES = Path(__file__).with_name("ray_processes.py")
+#: For the head, the driver and the command: no usage report to Ray's servers, and the token authentication
+#: that ray.init turns on for the cluster it starts (the token is in ~/.ray/auth_token).
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local Ray cluster of two CPUs and a 200 MB object store; its address, for other drivers to join."""
-    previous = {name: os.environ.get(name) for name in QUIET}
-    os.environ.update(QUIET)
-    context = ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=200 * 2**20,
-        log_to_driver=False,
-        configure_logging=False,
+    """A local Ray cluster of two CPUs and a 200 MB object store, held by a process of its own; its address."""
+    head = subprocess.Popen(
+        [sys.executable, str(PROCESSES), "head"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **RAY_ENV},
     )
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield context.address_info["address"]
-    ray.shutdown()
-    for name, value in previous.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    try:
+        address = head.stdout.readline().strip()
+        assert address, "the Ray head did not start"
+        yield address
+    finally:
+        head.stdin.close()
+        head.wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def driven(cluster: str, folder: Path, official_pth: Path) -> dict:
+    """The cluster cases of ray_processes.py, run by a driver process that joins the cluster."""
+    command = [sys.executable, str(PROCESSES), "drive", cluster, str(folder), str(official_pth)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **RAY_ENV}, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -224,53 +235,37 @@ def test_importing_the_integration_imports_no_ray():
 # -- on the cluster -------------------------------------------------------------------------------
 
 
-def test_map_batches_over_read_binary_files(cluster, folder, reference, official_pth):
-    dataset = ray.data.read_binary_files(str(folder), include_paths=True).map_batches(
-        QualiCLIPPredictor,
-        fn_constructor_kwargs={"weights": str(official_pth), "device": "cpu", "per_pair": True},
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=1,
-        batch_size=4,
-    )
-    rows = sorted(dataset.take_all(), key=lambda row: row["path"])
+def test_map_batches_over_read_binary_files(driven, folder, reference):
+    rows = sorted(driven["read_binary_files"], key=lambda row: row["path"])
     names = [Path(row["path"]).name for row in rows]
     assert names == sorted(path.name for path in folder.iterdir())
-    pair_names = [name for name in rows[0] if "/" in name]
-    assert len(pair_names) == 7 and "bytes" not in rows[0]
+    pair_names = [name for name in rows[0]["columns"] if "/" in name]
+    assert len(pair_names) == 7 and "bytes" not in rows[0]["columns"]
     check_rows(rows, reference, names, pair_names)
 
 
-def test_map_batches_over_read_images(cluster, folder, reference, official_pth):
-    dataset = ray.data.read_images([str(folder / name) for name in SAME_PIXELS], mode="RGB", include_paths=True)
-    scored = dataset.map_batches(
-        QualiCLIPPredictor,
-        fn_constructor_kwargs={"weights": str(official_pth), "device": "cpu"},
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=1,
-        batch_size=3,
-    )
-    rows = sorted(scored.take_all(), key=lambda row: row["path"])
-    assert list(rows[0]) == ["path", "score", "width", "height", "error"]
+def test_map_batches_over_read_images(driven, reference):
+    rows = sorted(driven["read_images"], key=lambda row: row["path"])
+    assert rows[0]["columns"] == ["path", "score", "width", "height", "error"]
     check_rows(rows, reference, sorted(SAME_PIXELS))
 
 
-def test_score_files_with_ray_yields_file_scores_in_input_order(cluster, folder, reference, official_pth):
-    names = ["truncated.jpg", "small.png", *sorted(reference), "rgb.png", "missing.png", "photo.jpg"]
-    paths = [folder / name for name in names]
-    results = list(
-        score_files_with_ray(paths, weights=official_pth, device="cpu", actors=2, files_per_task=3, per_pair=True)
-    )
-    assert [result.index for result in results] == list(range(len(names)))
-    assert [result.path for result in results] == [str(path) for path in paths]
+def test_score_files_with_ray_yields_file_scores_in_input_order(driven, folder, reference):
+    names = ordered_names(folder)
+    assert "missing.png" in names and names.count("rgb.png") == 2
+    results = driven["score_files_with_ray"]
+    assert [result["index"] for result in results] == list(range(len(names)))
+    assert [result["path"] for result in results] == [str(folder / name) for name in names]
     pair_names = list(reference["rgb.png"].pairs)
     for result, name in zip(results, names, strict=True):
         expected = reference[name]
-        assert result.error == expected.error and (result.width, result.height) == (expected.width, expected.height)
+        assert result["error"] == expected.error
+        assert (result["width"], result["height"]) == (expected.width, expected.height)
         if expected.error is None:
-            assert abs(result.score - expected.score) < TOLERANCE
-            assert list(result.pairs) == pair_names
-            assert max(abs(result.pairs[p] - expected.pairs[p]) for p in pair_names) < TOLERANCE
-    assert ray.is_initialized()  # the cluster it found is left running
+            assert abs(result["score"] - expected.score) < TOLERANCE
+            assert list(result["pairs"]) == pair_names
+            assert max(abs(result["pairs"][p] - expected.pairs[p]) for p in pair_names) < TOLERANCE
+    assert driven["still_joined"]  # the cluster it found is left running
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -279,7 +274,7 @@ def test_score_files_with_ray_yields_file_scores_in_input_order(cluster, folder,
 def qualiclip(*args, env=None) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("qualiclip")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "qualiclip_metric"]
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    environment = {**os.environ, **RAY_ENV, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=environment)
 
 
