@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,21 @@ __all__ = ["PROMPT_TEXTS", "SEED", "build_random_clip", "make_images"]  # import
 os.environ["HF_HUB_OFFLINE"] = "1"
 # Converted copies and verification stamps go to the assets cache: never the user's during tests.
 os.environ["HF_ASSETS_CACHE"] = tempfile.mkdtemp(prefix="qualiclip-test-assets-")
+
+
+@pytest.fixture(autouse=True)
+def _default_sigchld() -> Iterator[None]:
+    """Put SIGCHLD back to its default after each test.
+
+    A DataLoader with workers, run in the test process, installs torch's SIGCHLD handler for good; from then on
+    every child process that ends (each CLI run by subprocess) interrupts the test process with a signal. On
+    virtual machines whose kernel cannot always lay out a signal frame with the AMX register state, that delivery
+    ends the whole run in a segmentation fault (SI_KERNEL, before any handler runs). The loaders do not need the
+    handler: they notice a dead worker through their own status checks.
+    """
+    yield
+    if signal.getsignal(signal.SIGCHLD) not in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")
